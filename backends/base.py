@@ -1,0 +1,146 @@
+"""The one small interface every transport implements.
+
+Vocabulary used throughout convbench:
+
+* a *backend* is a runtime that executes an artifact: ``torch``, ``torch-cuda``,
+  ``onnxruntime``, ``onnxruntime-cuda`` or ``tflite`` (what users pass to ``--backends``);
+* a *transport* moves the runner and the artifact to a device and the result back:
+  ``local`` (a subprocess), ``ssh`` (paramiko) or ``adb`` (an Android phone).
+
+A transport knows how to run artifacts on its device and nothing about reports.
+It receives a batch of jobs for one device and one (backend, threads) pair, and
+calls ``on_result`` once per job, as each finishes, with a plain ``dict``
+measurement record (see ``RECORD_FIELDS``).  A failure of one job is reported as a
+record with ``status="error"``; only a failure of the whole device raises
+``DeviceError``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Backend name -> (runner runtime, artifact format, optional-extra that provides it).
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "torch": ("torch", "torch", "core"),
+    "torch-cuda": ("torch", "torch", "core"),
+    "onnxruntime": ("onnxruntime", "onnx", "onnx"),
+    "onnxruntime-cuda": ("onnxruntime", "onnx", "onnx"),
+    "tflite": ("tflite", "tflite", "tflite"),
+}
+
+STATUS_OK = "ok"  # measured, output matches the PyTorch reference (or cannot be checked)
+STATUS_INVALID = "invalid"  # measured, but the number must not be trusted (mismatch, fallback)
+STATUS_ERROR = "error"  # not measured
+
+# Fields every measurement record carries (others may be added by a transport).
+RECORD_FIELDS = (
+    "job_id", "workload_id", "device", "transport", "backend", "runtime",
+    "runtime_version", "delegate", "threads", "status", "error", "latency",
+    "samples_s", "load_s", "first_inference_s", "memory", "energy",
+    "thermal_before", "thermal_after", "output_check", "device_fingerprint",
+)
+
+
+class DeviceError(RuntimeError):
+    """The device as a whole cannot be used (unreachable, unauthorized, vanished)."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One exported workload in one format, with its reference input and output."""
+
+    workload_id: str
+    format: str  # "torch" (.pt2), "onnx" or "tflite"
+    path: Path
+    input_path: Path  # .npy, already in the artifact's layout
+    reference_output_path: Path  # .npy, PyTorch's output, in the artifact's layout
+    layout: str  # "NCHW" or "NHWC"
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How long the runner measures one job (adaptive stopping)."""
+
+    warmup_runs: int = 3
+    warmup_seconds: float = 0.2
+    min_runs: int = 10
+    max_runs: int = 100_000
+    min_seconds: float = 0.5
+    max_seconds: float = 5.0
+    target_ci_rel_width: float = 0.01  # stop once the 95% CI of the median is this narrow
+    energy_idle_seconds: float = 0.0  # idle power window before each job; 0 disables
+    energy_min_window_s: float = 1.0  # shorter timed windows give "unavailable" energy
+    slowdown_fraction: float = 0.0  # tests only: sleep this fraction of each iteration
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measurement to make: a workload on a device with a backend and thread count."""
+
+    job_id: str
+    workload_id: str
+    device: str
+    backend: str
+    threads: int
+    delegate: str | None = None  # Android: cpu | xnnpack | gpu | nnapi
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_key(self) -> tuple[str, str, int, str | None]:
+        return (self.device, self.backend, self.threads, self.delegate)
+
+
+ResultCallback = Callable[[dict[str, Any]], None]
+
+
+class Transport(ABC):
+    """Moves the runner and artifacts to one device, runs them, returns records."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def run_batch(
+        self,
+        jobs: list[Job],
+        artifacts: Mapping[str, Artifact],
+        policy: TimingPolicy,
+        on_result: ResultCallback,
+    ) -> None:
+        """Run jobs of one (backend, threads, delegate) batch, calling on_result per job.
+
+        ``artifacts`` maps workload id to the artifact of the backend's format.
+        Must call ``on_result`` exactly once per job unless it raises DeviceError.
+        """
+
+    @abstractmethod
+    def check(self) -> dict[str, Any]:
+        """Reachability, runtimes with versions, sensors, temperatures, fingerprint.
+
+        Returns a dict with at least ``usable`` (bool) and ``problems`` (list of str).
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def error_record(job: Job, transport: str, message: str) -> dict[str, Any]:
+    """A record for a job that could not be measured."""
+    return {
+        "job_id": job.job_id,
+        "workload_id": job.workload_id,
+        "device": job.device,
+        "transport": transport,
+        "backend": job.backend,
+        "threads": job.threads,
+        "delegate": job.delegate,
+        "status": STATUS_ERROR,
+        "error": message,
+    }

@@ -1,0 +1,134 @@
+"""Workload registry: ids -> ``Network`` descriptions, and named suites.
+
+Any well-formed id works, not only those in a suite:
+``conv-<kind>-M<m>-N<n>-k<k>-x<x>-s<s>[-b<batch>][-valid][-nobn]`` or a network id such
+as ``mobilenet_v1-0.75-192``, ``mobilenet_v1_conv-1.0-224``, ``mobilenet_v2-1.4-224``,
+``mobilenet_v3_small-224``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from harness.errors import UserError
+from harness.workloads.conv import ConvSpec, WorkloadIdError, theoretical_ratio
+from harness.workloads.ir import Network
+from harness.workloads.mobilenet import (
+    V1_ALPHAS,
+    V1_RESOLUTIONS,
+    V2_ALPHAS,
+    V3_VARIANTS,
+    mobilenet_v1,
+    mobilenet_v2,
+    mobilenet_v3,
+    network_from_id,
+)
+
+__all__ = [
+    "SUITES",
+    "ConvSpec",
+    "Network",
+    "UnknownName",
+    "WorkloadIdError",
+    "get",
+    "pair_of",
+    "suite",
+    "suite_names",
+    "theoretical_ratio",
+]
+
+
+class UnknownName(UserError, ValueError):
+    """A user-supplied name that is not known; the message lists valid names."""
+
+
+def get(workload_id: str) -> Network:
+    """The network for a workload id; raises WorkloadIdError with a helpful message."""
+    if workload_id.startswith("conv-"):
+        return ConvSpec.from_id(workload_id).network()
+    if workload_id.startswith("mobilenet"):
+        return network_from_id(workload_id)
+    raise WorkloadIdError(
+        f"unknown workload {workload_id!r}: expected conv-<kind>-M<m>-N<n>-k<k>-x<x>-s<s> "
+        "or a network id such as mobilenet_v1-1.0-224 (see `harness workloads`)"
+    )
+
+
+def pair_of(workload_id: str) -> tuple[str, str] | None:
+    """(standard id, separable id) when the workload is half of a layer pair."""
+    if not workload_id.startswith("conv-"):
+        return None
+    spec = ConvSpec.from_id(workload_id)
+    if spec.kind == "standard":
+        return workload_id, spec.twin().workload_id
+    if spec.kind == "separable":
+        return spec.twin().workload_id, workload_id
+    return None
+
+
+def _pairs(specs: list[tuple[int, int, int, int, int]]) -> list[str]:
+    ids: list[str] = []
+    for m, n, k, x, s in specs:
+        standard = ConvSpec("standard", m, n, k, x, s)
+        ids += [standard.workload_id, standard.twin().workload_id]
+    return ids
+
+
+def _quick() -> list[str]:
+    # (M, N, Dk, Dx, stride): small and large N, small and large Dx.
+    layers = _pairs([(32, 64, 3, 112, 1), (128, 128, 3, 56, 1), (512, 512, 3, 14, 1), (1024, 1024, 3, 7, 1)])
+    return layers + ["mobilenet_v1-1.0-224", "mobilenet_v1_conv-1.0-224",
+                     "mobilenet_v2-1.0-224", "mobilenet_v3_large-224"]
+
+
+def _layers() -> list[str]:
+    # MobileNet-like stages: channels grow as resolution shrinks, so every shape is one
+    # a real network has; then kernel size and stride vary on each.
+    stages = [(32, 112), (64, 112), (128, 56), (256, 28), (512, 14), (1024, 7)]
+    shapes: list[tuple[int, int, int, int, int]] = []
+    for m, x in stages:
+        for n in sorted({m, min(2 * m, 1024)}):
+            for k in (3, 5, 7):
+                for s in (1, 2):
+                    shapes.append((m, n, k, x, s))
+    shapes += [(32, 1024, 3, 7, 1), (1024, 32, 3, 7, 1), (64, 64, 3, 7, 1), (1024, 1024, 3, 56, 1)]
+    return _pairs(shapes)
+
+
+def _mobilenets() -> list[str]:
+    ids = [mobilenet_v1(a, r).workload_id for a in V1_ALPHAS for r in V1_RESOLUTIONS]
+    ids += [mobilenet_v1(a, r, standard_twin=True).workload_id for a in V1_ALPHAS for r in V1_RESOLUTIONS]
+    ids += [mobilenet_v2(a).workload_id for a in V2_ALPHAS]
+    ids += [mobilenet_v3(v).workload_id for v in V3_VARIANTS]
+    return ids
+
+
+def _paper() -> list[str]:
+    # The v1 paper's Table 1 body as standard/separable pairs (each distinct shape once),
+    # then its multiplier grid (Tables 6 and 7) and the "Conv MobileNet" of Table 4.
+    table1 = [(32, 64, 3, 112, 1), (64, 128, 3, 112, 2), (128, 128, 3, 56, 1), (128, 256, 3, 56, 2),
+              (256, 256, 3, 28, 1), (256, 512, 3, 28, 2), (512, 512, 3, 14, 1),
+              (512, 1024, 3, 14, 2), (1024, 1024, 3, 7, 1)]
+    ids = _pairs(table1)
+    ids += [mobilenet_v1(a, 224).workload_id for a in V1_ALPHAS]
+    ids += [mobilenet_v1(1.0, r).workload_id for r in V1_RESOLUTIONS if r != 224]
+    ids += [mobilenet_v1(1.0, 224, standard_twin=True).workload_id]
+    return ids
+
+
+SUITES: dict[str, Callable[[], list[str]]] = {
+    "quick": _quick,
+    "layers": _layers,
+    "mobilenets": _mobilenets,
+    "paper": _paper,
+}
+
+
+def suite_names() -> list[str]:
+    return list(SUITES)
+
+
+def suite(name: str) -> list[str]:
+    if name not in SUITES:
+        raise UnknownName(f"unknown suite {name!r}; valid suites: {', '.join(SUITES)}")
+    return SUITES[name]()
