@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -106,6 +107,106 @@ def workloads_show(workload_id: str, as_json: bool) -> None:
                  "bytes", "MAC/B"], rows,
                  footer=f"total: {cost.macs:,} MACs, {cost.params:,} parameters, "
                         f"{cost.bytes_fp32:,} bytes fp32, {cost.bytes_int8:,} bytes int8")
+
+
+@main.command("run")
+@click.option("--suite", default=None, help="Named suite (default: quick).")
+@click.option("--workloads", "workload_ids", default=None, help="Comma-separated workload ids (added to --suite).")
+@click.option("--backends", default=None, help="Comma-separated backends (default: every one a device declares).")
+@click.option("--threads", default=None, help="Comma-separated thread counts, e.g. 1,2 (default: per device).")
+@click.option("--devices", "device_names", default=None, help="Comma-separated device names from devices.yaml.")
+@click.option("--devices-file", type=click.Path(path_type=Path), default=None,
+              help="Devices file (default: $CONVBENCH_DEVICES or ./devices.yaml).")
+@click.option("--max-time", type=float, default=5.0, show_default=True, help="Maximum timed seconds per job.")
+@click.option("--min-time", type=float, default=0.5, show_default=True, help="Minimum timed seconds per job.")
+@click.option("--target-ci", type=float, default=0.01, show_default=True,
+              help="Stop a job once the 95%% CI of its median is this narrow (relative).")
+@click.option("--energy-idle", type=float, default=0.0, show_default=True,
+              help="Seconds of idle power measured before each job (subtracted from its energy).")
+@click.option("--out", "results_dir", type=click.Path(path_type=Path), default=None,
+              help="Results directory (default: $CONVBENCH_RESULTS or ./results).")
+def run_command(suite: str | None, workload_ids: str | None, backends: str | None, threads: str | None,
+                device_names: str | None, devices_file: Path | None, max_time: float, min_time: float,
+                target_ci: float, energy_idle: float, results_dir: Path | None) -> None:
+    """Benchmark workloads on devices; results go to results/<run-id>/."""
+    from rich.console import Console
+
+    from backends.base import TimingPolicy
+    from harness import devices as devices_mod
+    from harness import plan
+    from harness.run import execute, install_hint, missing_modules
+    from harness.store import default_results_dir
+
+    if max_time <= 0 or min_time < 0 or min_time > max_time:
+        raise UserError("--min-time must be >= 0 and <= --max-time, and --max-time > 0")
+    workload_list = plan.resolve_workloads(suite, workload_ids)
+    backend_list = plan.parse_list(backends)
+    plan.validate_backends(backend_list)
+    thread_list = plan.parse_threads(threads)
+    path = devices_file or devices_mod.default_devices_path()
+    if path.exists():
+        known = devices_mod.load_devices(path)
+    elif devices_file is not None:
+        raise UserError(f"{path}: no such devices file")
+    else:
+        known = {"local": devices_mod.local_device()}
+    names = plan.parse_list(device_names) or (["local"] if "local" in known else list(known)[:1])
+    selected = devices_mod.select(known, names)
+
+    console = Console(stderr=False)
+    skipped: list[str] = []
+    usable_backends = set()
+    for backend in {b for d in selected for b in d.backends}:
+        local = any(d.transport == "local" and backend in d.backends for d in selected)
+        missing = missing_modules(backend, local)
+        if missing and (backend_list is None or backend in backend_list):
+            message = f"skipping backend {backend}: {', '.join(missing)} not installed; {install_hint(backend)}"
+            skipped.append(message)
+            console.print(f"[yellow]{message}[/]")
+        elif not missing:
+            usable_backends.add(backend)
+    chosen = [b for b in (backend_list or sorted(usable_backends)) if b in usable_backends]
+    jobs = plan.make_jobs(selected, plan.Selection(workload_list, chosen, thread_list))
+    if not jobs:
+        raise UserError("nothing to run: no selected device offers the selected backends "
+                        f"({', '.join(backend_list or []) or 'none installed'})")
+    policy = TimingPolicy(min_seconds=min_time, max_seconds=max_time, target_ci_rel_width=target_ci,
+                          energy_idle_seconds=energy_idle)
+    console.print(f"{len(jobs)} jobs: {len(workload_list)} workloads on {', '.join(d.name for d in selected)} "
+                  f"with {', '.join(chosen)}")
+    outcome = execute(selected, jobs, policy, results_dir or default_results_dir(), workload_list, suite,
+                      console, skipped)
+    _print_run_summary(outcome.path)
+    console.print(f"results: {outcome.path} ({outcome.status})")
+    if outcome.status == "interrupted":
+        sys.exit(130)
+
+
+def _print_run_summary(run_path: Path) -> None:
+    from harness.analysis import excluded, network_summary, pair_speedups
+    from harness.store import load_frame
+
+    frame = load_frame([run_path])
+    pairs = pair_speedups(frame, bootstrap=0)
+    if not pairs.empty:
+        for (device, backend, threads), group in pairs.groupby(["device", "backend", "threads"]):
+            rows = [[r.pair_id.removeprefix("conv-separable-"), f"{r.theoretical_speedup:.2f}x",
+                     f"{r.measured_speedup:.2f}x", f"{r.efficiency:.0%}",
+                     f"{r.standard_median_s * 1e3:.3f}", f"{r.separable_median_s * 1e3:.3f}"]
+                    for r in group.itertuples()]
+            _print_table(f"{device} / {backend} / {threads} thread(s): standard vs separable",
+                         ["pair (M,N,k,x,s)", "theoretical", "measured", "measured/theory", "std ms", "sep ms"],
+                         rows)
+    nets = network_summary(frame)
+    if not nets.empty:
+        rows = [[f"{r.device}/{r.backend}/t{r.threads}", r.workload_id, f"{r.latency_median * 1e3:.2f}",
+                 _human(r.macs), f"{r.gmacs_per_s:.1f}", r.output_check_status]
+                for r in nets.itertuples()]
+        _print_table("networks", ["device/backend", "network", "median ms", "MACs", "GMAC/s", "output"], rows)
+    bad = excluded(frame)
+    if not bad.empty:
+        _print_table("not measured or invalid (excluded from the analysis)", ["job", "status", "reason"],
+                     [[r.job_id, r.status, str(r.reason)[:70]] for r in bad.itertuples()])
 
 
 def run() -> None:  # console-script entry point

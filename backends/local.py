@@ -1,0 +1,121 @@
+"""Local transport: the runner in a fresh subprocess of this machine's Python.
+
+One subprocess per (backend, threads) batch, so runtimes never share a process.  If the
+runner dies mid-batch (a segfault in a runtime), the job it was running is recorded as
+failed with the runner's last stderr lines and a fresh runner takes the remaining jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from backends.base import Artifact, Job, ResultCallback, TimingPolicy, Transport
+from backends.protocol import RUNNER_PATH, PlanItem, RunnerSession, make_plan, parse_check
+
+STDERR_TAIL = 2000
+
+
+def batch_timeout(policy: TimingPolicy, items: int) -> float:
+    """Generous wall-clock limit: load, warm-up, timing and idle window per item."""
+    per_item = 60 + policy.max_seconds * 1.5 + policy.warmup_seconds + policy.energy_idle_seconds
+    return 30 + per_item * items
+
+
+class LocalTransport(Transport):
+    name = "local"
+
+    def __init__(self, python: str | None = None, sysfs_root: str = "/sys",
+                 energy: Mapping[str, Any] | None = None, cpu_mask: str | None = None,
+                 output_dir: Path | None = None) -> None:
+        self.python = python or sys.executable
+        self.sysfs_root = sysfs_root
+        self.energy = energy
+        self.cpu_mask = cpu_mask
+        self.output_dir = output_dir
+
+    def _command(self, plan_path: Path) -> list[str]:
+        command = [self.python, str(RUNNER_PATH), str(plan_path)]
+        if self.cpu_mask:
+            command = ["taskset", self.cpu_mask, *command]
+        return command
+
+    def run_batch(self, jobs: list[Job], artifacts: Mapping[str, Artifact], policy: TimingPolicy,
+                  on_result: ResultCallback) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="convbench-local-"))
+        outputs = self.output_dir or workdir
+        outputs.mkdir(parents=True, exist_ok=True)
+        try:
+            items = []
+            for index, job in enumerate(jobs):
+                artifact = artifacts[job.workload_id]
+                out = outputs / f"item{index}.out.npy"
+                items.append(PlanItem(job, str(artifact.path), str(artifact.input_path), str(out), out))
+            session = RunnerSession(self.name, items, on_result)
+            while session.remaining():
+                self._run_once(session, session.remaining(), jobs[0].backend, jobs[0].threads, policy, workdir)
+        finally:
+            # on_result has checked the outputs by now; nothing else needs them.
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _run_once(self, session: RunnerSession, items: list[PlanItem], backend: str, threads: int,
+                  policy: TimingPolicy, workdir: Path) -> None:
+        plan = make_plan(backend, threads, items, policy, self.sysfs_root, self.energy)
+        plan_path = workdir / "plan.json"
+        plan_path.write_text(json.dumps(plan))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Runtimes honour these too; the plan's thread count must win.
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        process = subprocess.Popen(self._command(plan_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=env)
+        stderr_chunks: list[str] = []
+        reader = threading.Thread(target=lambda: stderr_chunks.append(process.stderr.read()), daemon=True)
+        reader.start()
+        timer = threading.Timer(batch_timeout(policy, len(items)), process.kill)
+        timer.start()
+        try:
+            for line in process.stdout:
+                session.feed(line)
+            process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            timer.cancel()
+            reader.join(timeout=5)
+        if not session.remaining():
+            return
+        stderr = "".join(stderr_chunks).strip()[-STDERR_TAIL:]
+        timed_out = process.returncode is not None and process.returncode < 0 and not timer.is_alive()
+        reason = f"runner exited with code {process.returncode}"
+        if process.returncode == -9 and timed_out:
+            reason = f"runner timed out after {batch_timeout(policy, len(items)):.0f}s"
+        if stderr:
+            reason += f": {stderr.splitlines()[-1]}"
+        if session.hello.get("error") or not session.hello:
+            session.fail_remaining(reason)  # the runtime itself is unusable: no point retrying
+            return
+        # The runner crashed on the first job it had not reported; skip that one and go on.
+        crashed = session.remaining()[0]
+        crashed_session = RunnerSession(session.transport, [crashed], session.on_result)
+        crashed_session.hello = session.hello
+        crashed_session.fail_remaining(f"runner crashed while running this job ({reason})")
+        session.done.add(crashed.job.job_id)
+
+    def check(self) -> dict[str, Any]:
+        command = [self.python, str(RUNNER_PATH), "--check", json.dumps({"sysfs_root": self.sysfs_root,
+                                                                        "energy": self.energy})]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            return {"usable": False, "problems": ["runner --check timed out after 120s"]}
+        return parse_check(done.returncode, done.stdout, done.stderr)

@@ -1,0 +1,137 @@
+"""The host side of the runner protocol, shared by every transport that runs ``runner.py``.
+
+A transport decides *where* files live and *how* the runner process is started (a local
+subprocess, a command over SSH); this module builds the plan the runner reads and turns
+the runner's JSON lines into measurement records, so both transports behave alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backends.base import BACKENDS, STATUS_ERROR, Job, ResultCallback, TimingPolicy
+
+RUNNER_PATH = Path(__file__).with_name("runner.py")
+
+
+@dataclass
+class PlanItem:
+    job: Job
+    model: str  # paths as the runner sees them (local or remote)
+    input: str
+    output: str
+    local_output: Path  # where the host finds the output once the transport fetched it
+
+
+def make_plan(
+    backend: str,
+    threads: int,
+    items: list[PlanItem],
+    policy: TimingPolicy,
+    sysfs_root: str = "/sys",
+    energy: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    runtime = BACKENDS[backend][0]
+    return {
+        "runtime": runtime,
+        "device": "cuda" if backend.endswith("-cuda") else "cpu",
+        "threads": threads,
+        "policy": policy.to_dict(),
+        "sysfs_root": sysfs_root,
+        "energy": dict(energy or {"sensor": "auto"}),
+        "items": [{"job_id": i.job.job_id, "model": i.model, "input": i.input, "output": i.output}
+                  for i in items],
+    }
+
+
+@dataclass
+class RunnerSession:
+    """Consumes runner output lines and emits one record per job."""
+
+    transport: str
+    items: list[PlanItem]
+    on_result: ResultCallback
+    fetch_output: Callable[[PlanItem], None] = lambda item: None
+    hello: dict[str, Any] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+
+    def feed(self, line: str) -> None:
+        line = line.strip()
+        if not line.startswith("{"):
+            return  # runtimes print banners (e.g. "INFO: Created TensorFlow Lite XNNPACK delegate")
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            return
+        if doc.get("type") == "hello":
+            self.hello = doc
+        elif doc.get("type") == "result":
+            self._result(doc)
+
+    def _result(self, doc: dict[str, Any]) -> None:
+        item = next((i for i in self.items if i.job.job_id == doc.get("job_id")), None)
+        if item is None or item.job.job_id in self.done:
+            return
+        record = base_record(item.job, self.transport)
+        record.update({k: v for k, v in doc.items() if k not in ("type", "job_id")})
+        record["runtime"] = self.hello.get("runtime")
+        record["runtime_version"] = self.hello.get("runtime_version")
+        record["device_fingerprint"] = self.hello.get("fingerprint")
+        record["delegate"] = item.job.delegate or doc.get("provider")
+        if not doc.get("error"):
+            try:
+                self.fetch_output(item)
+                record["output_path"] = str(item.local_output)
+            except Exception as exc:  # the measurement stands; only the check is lost
+                record["output_fetch_error"] = f"{type(exc).__name__}: {exc}"
+        self.done.add(item.job.job_id)
+        self.on_result(record)
+
+    def fail_remaining(self, message: str) -> None:
+        """Report every job without a result as failed with ``message``."""
+        if self.hello.get("error"):
+            message = f"{message}: {self.hello['error']}"
+        for item in self.items:
+            if item.job.job_id not in self.done:
+                record = base_record(item.job, self.transport)
+                record.update(status=STATUS_ERROR, error=message,
+                              runtime=self.hello.get("runtime"),
+                              runtime_version=self.hello.get("runtime_version"),
+                              device_fingerprint=self.hello.get("fingerprint"))
+                self.done.add(item.job.job_id)
+                self.on_result(record)
+
+    def remaining(self) -> list[PlanItem]:
+        return [i for i in self.items if i.job.job_id not in self.done]
+
+
+def base_record(job: Job, transport: str) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id, "workload_id": job.workload_id, "device": job.device,
+        "transport": transport, "backend": job.backend, "threads": job.threads,
+        "delegate": job.delegate,
+    }
+
+
+def parse_check(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
+    """The result of ``runner.py --check`` as a device check: usable, problems, facts."""
+    doc = None
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    if doc is None:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        return {"usable": False, "problems": [f"runner --check failed (exit {returncode}): {tail}"]}
+    runtimes = doc.get("runtimes", {})
+    problems = []
+    if not any("version" in r for r in runtimes.values()):
+        problems.append("no runtime available: install onnxruntime, ai-edge-litert or torch on the device")
+    doc.update(usable=not problems, problems=problems)
+    return doc

@@ -1,0 +1,164 @@
+"""Export each workload once (torch .pt2, ONNX, TFLite NHWC) with its reference data.
+
+Artifacts are cached under ``$CONVBENCH_CACHE`` (default ``~/.cache/convbench``), keyed by
+the workload id, a hash of the workload definitions (which fix the weights) and the
+exporters' versions, so a second run never re-exports.  Every backend then runs the
+identical network with the same weights; the reference output is PyTorch's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from backends.base import Artifact
+
+FORMATS = ("torch", "onnx", "tflite")
+ONNX_OPSET = 18
+_FILENAMES = {"torch": "model.pt2", "onnx": "model.onnx", "tflite": "model.tflite"}
+_EXPORTER_DISTS = {"torch": ("torch",), "onnx": ("torch", "onnx", "onnxscript"),
+                   "tflite": ("torch", "litert-torch")}
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CONVBENCH_CACHE", Path.home() / ".cache" / "convbench"))
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+def definition_hash() -> str:
+    """Hash of the code that defines workloads and their weights."""
+    digest = hashlib.sha256()
+    folder = Path(__file__).parent / "workloads"
+    for path in sorted(folder.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def artifact_dir(workload_id: str, fmt: str) -> Path:
+    versions = "-".join(f"{d}={_version(d)}" for d in _EXPORTER_DISTS[fmt])
+    key = hashlib.sha256(f"{definition_hash()}|{fmt}|{versions}|opset{ONNX_OPSET}".encode()).hexdigest()[:16]
+    return cache_root() / "artifacts" / workload_id / f"{fmt}-{key}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_cached(folder: Path, workload_id: str, fmt: str) -> Artifact | None:
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    return Artifact(workload_id, fmt, folder / _FILENAMES[fmt], folder / "input.npy",
+                    folder / "reference_output.npy", meta["layout"], meta["sha256"])
+
+
+@contextlib.contextmanager
+def _quiet(log_path: Path) -> Iterator[None]:
+    """Send exporters' C++ and Python chatter to a log file instead of the terminal."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def _export(workload_id: str, fmt: str, folder: Path) -> None:
+    import numpy as np
+    import torch
+
+    from harness import workloads as registry
+    from harness.workloads.build import build
+
+    built = build(registry.get(workload_id))
+    module, example = built.module, built.example_input
+    with torch.inference_mode():
+        reference = module(example)
+    path = folder / _FILENAMES[fmt]
+    layout = "NCHW"
+    if fmt == "torch":
+        program = torch.export.export(module, (example,))
+        torch.export.save(program, str(path))
+    elif fmt == "onnx":
+        torch.onnx.export(module, (example,), str(path), opset_version=ONNX_OPSET, dynamo=True,
+                          external_data=False, input_names=["input"], output_names=["output"])
+    elif fmt == "tflite":
+        import litert_torch
+
+        nhwc = litert_torch.to_channel_last_io(module, args=[0], outputs=[0] if reference.dim() == 4 else [])
+        example = example.permute(0, 2, 3, 1).contiguous()
+        if reference.dim() == 4:
+            reference = reference.permute(0, 2, 3, 1).contiguous()
+        litert_torch.convert(nhwc.eval(), (example,)).export(str(path))
+        layout = "NHWC"
+    np.save(folder / "input.npy", example.numpy())
+    np.save(folder / "reference_output.npy", reference.numpy())
+    (folder / "meta.json").write_text(json.dumps({
+        "workload_id": workload_id, "format": fmt, "layout": layout, "sha256": _sha256(path),
+        "exported_at": time.time(), "definition_hash": definition_hash(),
+    }, indent=2))
+
+
+def get_artifact(workload_id: str, fmt: str) -> tuple[Artifact, bool]:
+    """The cached artifact, exporting it first when needed; returns (artifact, exported_now)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown artifact format {fmt!r}")
+    folder = artifact_dir(workload_id, fmt)
+    cached = _load_cached(folder, workload_id, fmt)
+    if cached is not None:
+        return cached, False
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Export into a scratch folder and rename it into place: a crash or Ctrl-C never
+    # leaves a half-written artifact that a later run would trust.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        with _quiet(scratch / "export.log"):
+            _export(workload_id, fmt, scratch)
+    except Exception as exc:
+        log = (scratch / "export.log").read_text(errors="replace")[-2000:]
+        _remove(scratch)
+        raise ExportError(f"exporting {workload_id} to {fmt} failed: {type(exc).__name__}: {exc}\n{log}") from exc
+    except BaseException:
+        _remove(scratch)
+        raise
+    try:
+        scratch.rename(folder)
+    except OSError:  # another process won the race; use its copy
+        _remove(scratch)
+    artifact = _load_cached(folder, workload_id, fmt)
+    assert artifact is not None
+    return artifact, True
+
+
+def _remove(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)

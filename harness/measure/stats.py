@@ -1,0 +1,116 @@
+"""Robust summaries of latency samples and the statistics used to compare them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+def median_ci(samples: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median from order statistics.
+
+    The rank of the sample median is Binomial(n, 1/2); its normal approximation gives the
+    ranks n/2 -/+ z*sqrt(n)/2.  ``backends/runner.py`` holds a copy for its stopping rule.
+    """
+    ordered = sorted(samples)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("no samples")
+    if n < 6:
+        return ordered[0], ordered[-1]
+    half = z * math.sqrt(n) / 2.0
+    lo = max(0, math.floor(n / 2.0 - half))
+    hi = min(n - 1, math.ceil(n / 2.0 + half))
+    return ordered[lo], ordered[hi]
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    median: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    p90: float
+    p99: float
+    q1: float
+    q3: float
+    iqr: float
+    cv: float  # std / mean
+    ci_low: float  # 95% CI of the median
+    ci_high: float
+    ci_rel_width: float  # (ci_high - ci_low) / median
+    outliers: int  # beyond 1.5 IQR from the quartiles
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def summarize(samples: Sequence[float]) -> Summary:
+    values = np.asarray(samples, dtype=float)
+    if values.size == 0:
+        raise ValueError("no samples")
+    q1, median, q3, p90, p99 = np.percentile(values, [25, 50, 75, 90, 99])
+    iqr = q3 - q1
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    lo, hi = median_ci(values.tolist())
+    outliers = int(np.count_nonzero((values < q1 - 1.5 * iqr) | (values > q3 + 1.5 * iqr)))
+    return Summary(
+        n=int(values.size), median=float(median), mean=mean, std=std, min=float(values.min()),
+        max=float(values.max()), p90=float(p90), p99=float(p99), q1=float(q1), q3=float(q3), iqr=float(iqr),
+        cv=std / mean if mean else 0.0, ci_low=float(lo), ci_high=float(hi),
+        ci_rel_width=float((hi - lo) / median) if median else 0.0, outliers=outliers,
+    )
+
+
+def bootstrap_ratio_ci(
+    numerator: Sequence[float],
+    denominator: Sequence[float],
+    statistic: Callable[[np.ndarray], np.ndarray] | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """statistic(numerator) / statistic(denominator) with a percentile bootstrap CI.
+
+    The two samples are resampled independently (they come from separate runs).
+    Returns (point estimate, low, high).  Deterministic for a given seed.
+    """
+    a = np.asarray(numerator, dtype=float)
+    b = np.asarray(denominator, dtype=float)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("both samples need values")
+
+    def stat(x: np.ndarray) -> np.ndarray:
+        return np.median(x, axis=-1) if statistic is None else statistic(x)
+
+    point = float(stat(a[None, :])[0] / stat(b[None, :])[0])
+    rng = np.random.default_rng(seed)
+    # Resample in chunks so memory stays bounded for large sample counts.
+    ratios = []
+    chunk = max(1, min(n_boot, 2_000_000 // max(a.size, b.size)))
+    done = 0
+    while done < n_boot:
+        size = min(chunk, n_boot - done)
+        ra = a[rng.integers(0, a.size, (size, a.size))]
+        rb = b[rng.integers(0, b.size, (size, b.size))]
+        ratios.append(stat(ra) / stat(rb))
+        done += size
+    all_ratios = np.concatenate(ratios)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(all_ratios, [alpha, 1 - alpha])
+    return point, float(lo), float(hi)
+
+
+def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Mann-Whitney U test p-value (scipy; asymptotic for large samples)."""
+    from scipy.stats import mannwhitneyu
+
+    if len(a) == 0 or len(b) == 0:
+        return float("nan")
+    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)

@@ -1,0 +1,173 @@
+"""`harness run`: export artifacts, dispatch jobs to devices, store records as they arrive."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backends.base import BACKENDS, Artifact, Job, TimingPolicy
+from harness import __version__
+from harness.devices import Device
+from harness.dispatch import DeviceWork, dispatch
+from harness.records import finalize
+from harness.store import RunWriter
+
+# backend -> modules needed on the host: to export its artifact, and (locally) to run it.
+_EXPORT_NEEDS = {"torch": ("torch",), "onnx": ("onnx", "onnxscript"), "tflite": ("litert_torch",)}
+_RUN_NEEDS = {"torch": ("torch",), "onnxruntime": ("onnxruntime",), "tflite": ("ai_edge_litert",)}
+
+
+def install_hint(backend: str) -> str:
+    extra = BACKENDS[backend][2]
+    return "pip install convbench" if extra == "core" else f"pip install 'convbench[{extra}]'"
+
+
+def missing_modules(backend: str, local: bool) -> list[str]:
+    runtime, fmt, _ = BACKENDS[backend]
+    needs = list(_EXPORT_NEEDS[fmt]) + (list(_RUN_NEEDS[runtime]) if local else [])
+    return [m for m in needs if importlib.util.find_spec(m) is None]
+
+
+def git_commit() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty if commit else None}
+
+
+def provenance(devices: list[Device], workload_ids: list[str], policy: TimingPolicy,
+               suite: str | None) -> dict[str, Any]:
+    from backends.runner import fingerprint
+
+    versions = {}
+    for dist in ("torch", "onnxruntime", "onnx", "onnxscript", "ai-edge-litert", "litert-torch", "numpy",
+                 "paramiko"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "convbench_version": __version__,
+        "git": git_commit(),
+        "command": sys.argv,
+        "host": dict(fingerprint(), python_implementation=platform.python_implementation()),
+        "host_versions": versions,
+        "suite": suite,
+        "workloads": workload_ids,
+        "devices": [{"name": d.name, "transport": d.transport, "backends": list(d.backends),
+                     "threads": list(d.threads), "source": d.source} for d in devices],
+        "policy": policy.to_dict(),
+    }
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    path: Path
+    status: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def export_artifacts(jobs: list[Job], report: Any) -> tuple[dict[str, dict[str, Artifact]], dict[tuple, str]]:
+    """Artifacts per backend; export failures per (workload, format)."""
+    from harness.artifacts import ExportError, get_artifact
+
+    needed: dict[tuple[str, str], None] = {}
+    for job in jobs:
+        needed[(job.workload_id, BACKENDS[job.backend][1])] = None
+    by_format: dict[str, dict[str, Artifact]] = {}
+    failures: dict[tuple, str] = {}
+    for index, (workload_id, fmt) in enumerate(needed, start=1):
+        report(f"[{index}/{len(needed)}] {workload_id} -> {fmt}", None)
+        started = time.monotonic()
+        try:
+            artifact, exported = get_artifact(workload_id, fmt)
+        except ExportError as exc:
+            failures[(workload_id, fmt)] = str(exc).splitlines()[0]
+            report(f"[{index}/{len(needed)}] {workload_id} -> {fmt}: FAILED", False)
+            continue
+        by_format.setdefault(fmt, {})[workload_id] = artifact
+        if exported:
+            report(f"[{index}/{len(needed)}] exported {workload_id} -> {fmt} "
+                   f"in {time.monotonic() - started:.1f}s", True)
+    artifacts = {backend: by_format.get(BACKENDS[backend][1], {}) for backend in {j.backend for j in jobs}}
+    return artifacts, failures
+
+
+def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, results_dir: Path,
+            workload_ids: list[str], suite: str | None, console: Any, skipped: list[str]) -> RunOutcome:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    writer = RunWriter(results_dir, provenance(devices, workload_ids, policy, suite))
+    writer.update(skipped=skipped, jobs=len(jobs))
+    records: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    status = "interrupted"
+    stop = threading.Event()
+    try:
+        with console.status("preparing artifacts") as spinner:
+            def report(message: str, ok: bool | None) -> None:
+                spinner.update(message)
+                if ok is not None:
+                    console.print(("  " if ok else "  [red]") + message)
+
+            artifacts, failures = export_artifacts(jobs, report)
+        artifact_of = {(j.job_id): artifacts[j.backend].get(j.workload_id) for j in jobs}
+        for job in jobs:
+            failure = failures.get((job.workload_id, BACKENDS[job.backend][1]))
+            if failure:
+                record = finalize({"job_id": job.job_id, "workload_id": job.workload_id, "device": job.device,
+                                   "backend": job.backend, "threads": job.threads, "delegate": job.delegate,
+                                   "error": failure}, None)
+                writer.append(record)
+                records.append(record)
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as progress:
+            overall = progress.add_task("all jobs", total=len(jobs), completed=len(records))
+            device_tasks = {d.name: progress.add_task(f"  {d.name}: queued",
+                                                      total=sum(1 for j in jobs if j.device == d.name))
+                            for d in devices}
+
+            def on_record(job: Job, raw: dict[str, Any]) -> None:
+                record = finalize(raw, artifact_of.get(job.job_id))
+                with lock:
+                    writer.append(record)
+                    records.append(record)
+                    progress.advance(overall)
+                    progress.advance(device_tasks[job.device])
+                    if record["status"] != "ok":
+                        progress.console.print(f"  [yellow]{record['status']}[/]: {job.job_id}: "
+                                               f"{record.get('error') or '; '.join(record.get('problems', []))}")
+
+            def on_state(device: str, state: str) -> None:
+                progress.update(device_tasks[device], description=f"  {device}: {state}")
+
+            work = [DeviceWork(d, [j for j in jobs if j.device == d.name and artifact_of[j.job_id] is not None])
+                    for d in devices]
+            dispatch(work, artifacts, policy, on_record, on_state, stop)
+        status = "complete"
+    except KeyboardInterrupt:
+        stop.set()
+        status = "interrupted"
+        console.print("[yellow]interrupted: keeping the measurements made so far[/]")
+    except BaseException:
+        status = "failed"
+        raise
+    finally:
+        writer.finish(status)
+    return RunOutcome(writer.run_id, writer.path, status, records, skipped)
