@@ -117,7 +117,8 @@ class Transport(ABC):
         """Run jobs of one (backend, threads, delegate) batch, calling on_result per job.
 
         ``artifacts`` maps workload id to the artifact of the backend's format.
-        Must call ``on_result`` exactly once per job unless it raises DeviceError.
+        Must call ``on_result`` exactly once per job unless it raises DeviceError.  A record's
+        ``output_path`` (the runtime's output on this host) exists only until on_result returns.
         """
 
     @abstractmethod

@@ -89,8 +89,8 @@ def read_cpufreq(sysfs_root="/sys"):
     """Per-CPU current and maximum frequency (kHz) and governor."""
     cpus = {}
     pattern = os.path.join(sysfs_root, "devices/system/cpu/cpu[0-9]*/cpufreq")
-    for path in sorted(glob.glob(pattern), key=lambda p: int(p.split("/cpu")[-1].split("/")[0])):
-        name = path.split("/")[-2]
+    for path in sorted(glob.glob(pattern), key=lambda p: int(os.path.basename(os.path.dirname(p))[3:])):
+        name = os.path.basename(os.path.dirname(path))
         cpus[name] = {
             "cur_khz": _read_int(os.path.join(path, "scaling_cur_freq")),
             "max_khz": _read_int(os.path.join(path, "cpuinfo_max_freq")),

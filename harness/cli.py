@@ -162,7 +162,7 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
         if missing and (backend_list is None or backend in backend_list):
             message = f"skipping backend {backend}: {', '.join(missing)} not installed; {install_hint(backend)}"
             skipped.append(message)
-            console.print(f"[yellow]{message}[/]")
+            console.print(message, style="yellow", markup=False, soft_wrap=True)
         elif not missing:
             usable_backends.add(backend)
     chosen = [b for b in (backend_list or sorted(usable_backends)) if b in usable_backends]

@@ -33,7 +33,14 @@ def install_hint(backend: str) -> str:
 def missing_modules(backend: str, local: bool) -> list[str]:
     runtime, fmt, _ = BACKENDS[backend]
     needs = list(_EXPORT_NEEDS[fmt]) + (list(_RUN_NEEDS[runtime]) if local else [])
-    return [m for m in needs if importlib.util.find_spec(m) is None]
+    return [m for m in needs if not _importable(m)]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def git_commit() -> dict[str, Any]:
@@ -110,6 +117,7 @@ def export_artifacts(jobs: list[Job], report: Any) -> tuple[dict[str, dict[str, 
 
 def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, results_dir: Path,
             workload_ids: list[str], suite: str | None, console: Any, skipped: list[str]) -> RunOutcome:
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     writer = RunWriter(results_dir, provenance(devices, workload_ids, policy, suite))
@@ -121,9 +129,9 @@ def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, result
     try:
         with console.status("preparing artifacts") as spinner:
             def report(message: str, ok: bool | None) -> None:
-                spinner.update(message)
+                spinner.update(escape(message))
                 if ok is not None:
-                    console.print(("  " if ok else "  [red]") + message)
+                    console.print("  " + message, style=None if ok else "red", markup=False, soft_wrap=True)
 
             artifacts, failures = export_artifacts(jobs, report)
         artifact_of = {(j.job_id): artifacts[j.backend].get(j.workload_id) for j in jobs}
@@ -151,8 +159,9 @@ def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, result
                     progress.advance(overall)
                     progress.advance(device_tasks[job.device])
                     if record["status"] != "ok":
-                        progress.console.print(f"  [yellow]{record['status']}[/]: {job.job_id}: "
-                                               f"{record.get('error') or '; '.join(record.get('problems', []))}")
+                        detail = record.get("error") or "; ".join(record.get("problems", []))
+                        progress.console.print(f"  {record['status']}: {job.job_id}: {detail}", style="yellow",
+                                               markup=False, soft_wrap=True)
 
             def on_state(device: str, state: str) -> None:
                 progress.update(device_tasks[device], description=f"  {device}: {state}")
