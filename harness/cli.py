@@ -209,6 +209,127 @@ def _print_run_summary(run_path: Path) -> None:
                      [[r.job_id, r.status, str(r.reason)[:70]] for r in bad.itertuples()])
 
 
+@main.command("selftest")
+@click.option("--parts", default="agreement,overhead,adaptive,quick", show_default=True,
+              help="Which benchmarks of the instrument to run.")
+@click.option("--seconds", type=float, default=3.0, show_default=True, help="Timed seconds per agreement side.")
+@click.option("--rounds", type=int, default=2, show_default=True, help="A/B rounds per agreement pair.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
+def selftest_command(parts: str, seconds: float, rounds: int, json_path: Path | None) -> None:
+    """Benchmark the instrument: agreement with reference timers, loop overhead, wall time, stopping."""
+    import tempfile
+
+    from harness.selftest import run_selftest
+
+    chosen = [p.strip() for p in parts.split(",") if p.strip()]
+    valid = {"agreement", "overhead", "adaptive", "quick"}
+    if not chosen or set(chosen) - valid:
+        raise UserError(f"--parts takes a comma-separated subset of {', '.join(sorted(valid))}")
+    with tempfile.TemporaryDirectory(prefix="convbench-selftest-") as scratch:
+        report = run_selftest(chosen, seconds, rounds, Path(scratch), lambda line: click.echo(line))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2))
+
+
+@main.group("devices", cls=HarnessGroup)
+def devices_group() -> None:
+    """Devices declared in devices.yaml."""
+
+
+def _load_devices_or_local(devices_file: Path | None) -> dict:
+    from harness import devices as devices_mod
+
+    path = devices_file or devices_mod.default_devices_path()
+    if path.exists() or devices_file is not None:
+        return devices_mod.load_devices(path)
+    return {"local": devices_mod.local_device()}
+
+
+_devices_file_option = click.option("--devices-file", type=click.Path(path_type=Path), default=None,
+                                    help="Devices file (default: $CONVBENCH_DEVICES or ./devices.yaml).")
+
+
+@devices_group.command("list")
+@_devices_file_option
+def devices_list(devices_file: Path | None) -> None:
+    """List the declared devices."""
+    devices = _load_devices_or_local(devices_file)
+    rows = []
+    for device in devices.values():
+        target = (device.option("host") or device.option("serial") or "this machine")
+        if device.option("port"):
+            target += f":{device.option('port')}"
+        rows.append([device.name, device.transport, target, ",".join(device.backends),
+                     ",".join(map(str, device.threads)), ",".join(device.delegates) or "-",
+                     device.energy.get("sensor", "auto"), device.source])
+    _print_table("devices", ["name", "transport", "target", "backends", "threads", "delegates", "energy", "defined at"],
+                 rows)
+
+
+@devices_group.command("check")
+@click.argument("names", nargs=-1)
+@_devices_file_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def devices_check(names: tuple[str, ...], devices_file: Path | None, as_json: bool) -> None:
+    """Reach each device: runtimes and versions, sensors, temperatures, fingerprint.
+
+    Exits 1 when a device is not usable, saying why.
+    """
+    from harness import devices as devices_mod
+    from harness.dispatch import make_transport
+
+    devices = _load_devices_or_local(devices_file)
+    selected = devices_mod.select(devices, list(names)) if names else list(devices.values())
+    results = {}
+    for device in selected:
+        try:
+            transport = make_transport(device)
+            try:
+                results[device.name] = transport.check()
+            finally:
+                transport.close()
+        except Exception as exc:  # unreachable devices are a finding, not a crash
+            results[device.name] = {"usable": False, "problems": [f"{type(exc).__name__}: {exc}"]}
+    if as_json:
+        click.echo(json.dumps(results, indent=2, default=str))
+    else:
+        for name, result in results.items():
+            _print_check(name, devices[name].transport, result)
+    unusable = [n for n, r in results.items() if not r.get("usable")]
+    if unusable:
+        click.echo(f"not usable: {', '.join(unusable)}", err=True)
+        sys.exit(1)
+
+
+def _print_check(name: str, transport: str, result: dict) -> None:
+    fingerprint = result.get("fingerprint") or {}
+    state = result.get("state") or {}
+    runtimes = result.get("runtimes") or {}
+    energy = result.get("energy") or {}
+    lines = [f"{name} ({transport}): {'usable' if result.get('usable') else 'NOT USABLE'}"]
+    if fingerprint:
+        emulated = f", emulated: {fingerprint['emulated']}" if fingerprint.get("emulated") else ""
+        lines.append(f"  device:   {fingerprint.get('board_model') or fingerprint.get('cpu_model')} "
+                     f"({fingerprint.get('machine')}, {fingerprint.get('cores')} cores, "
+                     f"max kHz {fingerprint.get('cpu_max_khz') or 'n/a'}, governor {fingerprint.get('governor')}"
+                     f"{emulated})")
+        lines.append(f"  os:       {fingerprint.get('os')}, kernel {fingerprint.get('kernel')}, "
+                     f"python {fingerprint.get('python')}")
+    for runtime, info in sorted(runtimes.items()):
+        lines.append(f"  runtime:  {runtime} {info.get('version') or 'unavailable: ' + str(info.get('error'))}")
+    if energy:
+        lines.append(f"  energy:   {energy.get('sensor') or 'unavailable: ' + str(energy.get('reason'))}")
+    if state:
+        temps = state.get("thermal_c") or {}
+        lines.append("  thermal:  " + (", ".join(f"{k} {v:.1f}C" for k, v in temps.items()) or "no thermal zones"))
+    for key, value in result.items():
+        if key not in {"usable", "problems", "fingerprint", "state", "runtimes", "energy", "type"}:
+            lines.append(f"  {key}: {value}")
+    for problem in result.get("problems") or []:
+        lines.append(f"  problem:  {problem}")
+    click.echo("\n".join(lines))
+
+
 def run() -> None:  # console-script entry point
     sys.exit(main())
 

@@ -1,0 +1,222 @@
+"""`harness selftest`: benchmarks of the instrument itself.
+
+1. agreement: convbench's median vs ``torch.utils.benchmark.Timer.blocked_autorange`` (torch)
+   and vs a bare ``perf_counter_ns`` loop around ``session.run`` (ONNX Runtime) and
+   ``interpreter.invoke`` (TFLite), on the same artifact, threads and machine;
+2. overhead: per-iteration time the runner's loop adds over a bare loop on a trivial model;
+3. quick-suite wall time with a warm artifact cache;
+4. samples needed by adaptive stopping vs a fixed 1000-sample run, with both CI widths.
+
+Each reference measurement runs in its own fresh subprocess, as the runner does, and the
+two sides alternate (A B A B) so slow drift of a shared machine hits both alike.
+These are measurements, not pass/fail tests: goals are printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from backends.base import Job, TimingPolicy
+from backends.protocol import RUNNER_PATH
+
+AGREEMENT_WORKLOADS = {
+    "torch": ["mobilenet_v2-1.0-224", "conv-standard-M128-N128-k3-x56-s1"],
+    "onnxruntime": ["mobilenet_v2-1.0-224", "conv-standard-M128-N128-k3-x56-s1"],
+    "tflite": ["mobilenet_v2-1.0-224", "conv-standard-M128-N128-k3-x56-s1"],
+}
+TRIVIAL = "conv-pointwise-M1-N1-k1-x1-s1-nobn"
+_FORMAT = {"torch": "torch", "onnxruntime": "onnx", "tflite": "tflite"}
+
+
+# ---------------------------------------------------------------- reference loops (subprocess side)
+def _reference(backend: str, model: str, input_path: str, seconds: float) -> dict[str, Any]:
+    import numpy as np
+
+    sys.path.insert(0, str(RUNNER_PATH.parent))
+    import runner  # the same loader code convbench uses, so only the timing loop differs
+
+    array = np.load(input_path)
+    if backend == "torch":
+        import torch.utils.benchmark as tb
+
+        call = runner.TorchRuntime({"threads": 1}).load(model, array)
+        timer = tb.Timer(stmt="call()", globals={"call": call}, num_threads=1)
+        measurement = timer.blocked_autorange(min_run_time=seconds)
+        return {"median_s": measurement.median, "n": len(measurement.times), "method": "blocked_autorange"}
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        feeds = {session.get_inputs()[0].name: array}
+
+        def call() -> None:
+            session.run(None, feeds)
+    else:
+        interpreter = runner._import_tflite()[0](model_path=model, num_threads=1)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], array)
+        call = interpreter.invoke
+    now = time.perf_counter_ns
+    for _ in range(5):
+        call()
+    samples = []
+    end = now() + int(seconds * 1e9)
+    while now() < end:
+        t0 = now()
+        call()
+        samples.append(now() - t0)
+    return {"median_s": statistics.median(samples) / 1e9, "n": len(samples), "method": "perf_counter_ns loop"}
+
+
+def _overhead(model: str, input_path: str, iterations: int) -> dict[str, Any]:
+    """Per-iteration wall time of the runner's timed loop vs a bare loop, same call."""
+    import numpy as np
+
+    sys.path.insert(0, str(RUNNER_PATH.parent))
+    import runner
+
+    array = np.load(input_path)
+    interpreter = runner._import_tflite()[0](model_path=model, num_threads=1)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], array)
+    call = interpreter.invoke
+    policy = {"warmup_runs": 100, "warmup_seconds": 0, "min_runs": iterations, "max_runs": iterations,
+              "min_seconds": 0, "max_seconds": 1000, "target_ci_rel_width": 0.0}
+    bare, ours = [], []
+    for _ in range(5):  # alternate, keep the best of each (least disturbed by the machine)
+        now = time.perf_counter_ns
+        for _ in range(100):
+            call()
+        start = now()
+        for _ in range(iterations):
+            call()
+        bare.append((now() - start) / iterations)
+        result = runner.measure(call, policy)
+        ours.append(result["loop_wall_s"] * 1e9 / len(result["samples_s"]))
+    return {"bare_ns": min(bare), "runner_ns": min(ours), "overhead_ns": min(ours) - min(bare),
+            "iterations": iterations}
+
+
+def _subprocess_json(args: list[str]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "harness.selftest", *args], capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"selftest worker failed: {done.stderr.strip()[-500:]}")
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------- host side
+def _convbench_median(backend: str, workload_id: str, policy: TimingPolicy) -> dict[str, Any]:
+    from backends.local import LocalTransport
+    from harness.artifacts import get_artifact
+    from harness.records import finalize
+
+    artifact = get_artifact(workload_id, _FORMAT[backend])[0]
+    records: list[dict[str, Any]] = []
+    job = Job(f"selftest/{backend}/{workload_id}", workload_id, "local", backend, 1)
+    LocalTransport().run_batch([job], {workload_id: artifact}, policy,
+                               lambda r: records.append(finalize(r, artifact)))
+    record = records[0]
+    if record["status"] != "ok":
+        raise RuntimeError(f"{job.job_id}: {record.get('error') or record.get('problems')}")
+    return {"median_s": record["latency"]["median"], "n": record["latency"]["n"],
+            "ci_rel_width": record["latency"]["ci_rel_width"], "stop_reason": record.get("stop_reason")}
+
+
+def agreement(seconds: float, rounds: int, log: Any) -> list[dict[str, Any]]:
+    from harness.artifacts import get_artifact
+
+    policy = TimingPolicy(min_seconds=seconds, max_seconds=seconds, target_ci_rel_width=0.0)
+    rows = []
+    for backend, workload_ids in AGREEMENT_WORKLOADS.items():
+        for workload_id in workload_ids:
+            artifact = get_artifact(workload_id, _FORMAT[backend])[0]
+            ratios, ours, theirs = [], [], []
+            for _ in range(rounds):
+                mine = _convbench_median(backend, workload_id, policy)
+                ref = _subprocess_json(["--reference", backend, str(artifact.path), str(artifact.input_path),
+                                        str(seconds)])
+                ours.append(mine["median_s"])
+                theirs.append(ref["median_s"])
+                ratios.append(mine["median_s"] / ref["median_s"])
+            row = {"backend": backend, "workload_id": workload_id, "reference": ref["method"],
+                   "convbench_median_ms": statistics.median(ours) * 1e3,
+                   "reference_median_ms": statistics.median(theirs) * 1e3,
+                   "ratio": statistics.median(ratios), "ratios": ratios}
+            log(f"agreement {backend:12s} {workload_id:36s} convbench {row['convbench_median_ms']:8.3f} ms  "
+                f"{ref['method']} {row['reference_median_ms']:8.3f} ms  ratio {row['ratio']:.3f} "
+                f"(rounds {', '.join(f'{r:.3f}' for r in ratios)})")
+            rows.append(row)
+    return rows
+
+
+def overhead(log: Any) -> dict[str, Any]:
+    from harness.artifacts import get_artifact
+
+    artifact = get_artifact(TRIVIAL, "tflite")[0]
+    result = _subprocess_json(["--overhead", str(artifact.path), str(artifact.input_path), "20000"])
+    log(f"overhead: bare loop {result['bare_ns']:.0f} ns/iter, runner loop {result['runner_ns']:.0f} ns/iter, "
+        f"added {result['overhead_ns']:.0f} ns (goal < 1000 ns)")
+    return result
+
+
+def quick_suite_wall(log: Any, results_dir: Path) -> dict[str, Any]:
+    command = [sys.executable, "-m", "harness.cli", "run", "--suite", "quick", "--out", str(results_dir)]
+    # Warm the artifact cache first, so the timed run measures measuring only.
+    from harness import workloads as registry
+    from harness.artifacts import get_artifact
+
+    for workload_id in registry.suite("quick"):
+        for fmt in ("torch", "onnx", "tflite"):
+            get_artifact(workload_id, fmt)
+    start = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    wall = time.monotonic() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"quick suite failed: {done.stderr.strip()[-500:]}")
+    log(f"quick suite, warm cache, 3 backends: {wall:.1f} s wall (goal < 180 s)")
+    return {"wall_s": wall, "command": " ".join(command[1:])}
+
+
+def adaptive_vs_fixed(log: Any, workload_id: str = "conv-separable-M128-N128-k3-x56-s1") -> dict[str, Any]:
+    adaptive = _convbench_median("onnxruntime", workload_id,
+                                 TimingPolicy(min_runs=10, min_seconds=0.2, max_seconds=30, target_ci_rel_width=0.01))
+    fixed = _convbench_median("onnxruntime", workload_id,
+                              TimingPolicy(min_runs=1000, max_runs=1000, min_seconds=0, max_seconds=300,
+                                           target_ci_rel_width=0.0))
+    saving = 1 - adaptive["n"] / fixed["n"]
+    log(f"adaptive stopping on {workload_id} (onnxruntime): {adaptive['n']} samples to a "
+        f"{adaptive['ci_rel_width']:.2%} CI ({adaptive['stop_reason']}); fixed run: {fixed['n']} samples, "
+        f"{fixed['ci_rel_width']:.2%} CI; {saving:.0%} fewer samples (goal >= 50%)")
+    return {"adaptive": adaptive, "fixed": fixed, "saving": saving}
+
+
+def run_selftest(parts: list[str], seconds: float, rounds: int, results_dir: Path, log: Any) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    if "agreement" in parts:
+        report["agreement"] = agreement(seconds, rounds, log)
+    if "overhead" in parts:
+        report["overhead"] = overhead(log)
+    if "adaptive" in parts:
+        report["adaptive"] = adaptive_vs_fixed(log)
+    if "quick" in parts:
+        report["quick"] = quick_suite_wall(log, results_dir)
+    return report
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--reference":
+        print(json.dumps(_reference(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))))
+    elif sys.argv[1] == "--overhead":
+        print(json.dumps(_overhead(sys.argv[2], sys.argv[3], int(sys.argv[4]))))

@@ -1,0 +1,97 @@
+"""devices.yaml parsing and validation, and `harness devices` commands."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.devices import DevicesFileError, load_devices
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text):
+    path = tmp_path / "devices.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_devices_file_is_valid_and_examples_parse(tmp_path, monkeypatch):
+    devices = load_devices(ROOT / "devices.yaml")
+    assert list(devices) == ["local"]
+    # The commented examples must be valid once uncommented.
+    lines = []
+    for line in (ROOT / "devices.yaml").read_text().splitlines():
+        example = line.startswith("  # - ") or line.startswith("  #   ")
+        stripped = line.replace("  # ", "  ", 1) if example else line
+        lines.append(stripped)
+    monkeypatch.setenv("PIXEL7_SERIAL", "28031FDH2000AB")
+    examples = load_devices(write(tmp_path, "\n".join(lines)))
+    assert set(examples) == {"local", "pi4", "pixel7"}
+    assert examples["pixel7"].option("serial") == "28031FDH2000AB"
+    assert examples["pi4"].thermal.cooldown_c == 55 and examples["pi4"].cpu_mask == "f"
+    assert examples["pixel7"].delegates == ("xnnpack", "gpu", "nnapi")
+
+
+def test_errors_name_file_line_and_field(tmp_path):
+    path = write(tmp_path, """devices:
+  - name: local
+    transport: local
+  - name: pi4
+    transport: ssh
+    host: pi4.lab
+    port: ssh
+    threads: [1, four]
+    colour: red
+  - name: phone
+    transport: adb
+  - name: local
+    transport: carrier-pigeon
+""")
+    with pytest.raises(DevicesFileError) as info:
+        load_devices(path)
+    message = str(info.value)
+    assert f"{path}:7: port: expected a port number" in message
+    assert f"{path}:8: threads: expected a list of positive integers" in message
+    assert f"{path}:9: colour: unknown field for a ssh device" in message
+    assert f"{path}:10: adb devices need `serial`" in message
+    assert f"{path}:13: transport: expected one of local, ssh, adb" in message
+
+
+def test_env_expansion_and_missing_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOARD_HOST", "10.1.2.3")
+    devices = load_devices(write(tmp_path, "devices:\n  - {name: b, transport: ssh, host: '${BOARD_HOST}'}\n"))
+    assert devices["b"].option("host") == "10.1.2.3"
+    with pytest.raises(DevicesFileError, match=r"devices.yaml:2: .*BOARD_USER is not set"):
+        load_devices(write(tmp_path, "devices:\n  - {name: b, transport: ssh, host: h, user: '${BOARD_USER}'}\n"))
+
+
+def test_bad_yaml_and_shape(tmp_path):
+    with pytest.raises(DevicesFileError, match=r"devices.yaml:\d+: not valid YAML"):
+        load_devices(write(tmp_path, "devices:\n  - name: [unclosed\n"))
+    with pytest.raises(DevicesFileError, match="top-level `devices:` list"):
+        load_devices(write(tmp_path, "- name: x\n"))
+    with pytest.raises(DevicesFileError, match="duplicate device name 'a'"):
+        load_devices(write(tmp_path, "devices:\n  - {name: a, transport: local}\n  - {name: a, transport: local}\n"))
+    with pytest.raises(DevicesFileError, match="no such devices file"):
+        load_devices(tmp_path / "missing.yaml")
+
+
+def test_adb_devices_run_tflite_only(tmp_path):
+    with pytest.raises(DevicesFileError, match="runs tflite only"):
+        load_devices(write(tmp_path, "devices:\n  - {name: p, transport: adb, serial: x, backends: [torch]}\n"))
+
+
+def test_devices_cli(tmp_path):
+    path = write(tmp_path, "devices:\n  - {name: here, transport: local, backends: [onnxruntime]}\n")
+    listing = CliRunner().invoke(main, ["devices", "list", "--devices-file", str(path)])
+    assert listing.exit_code == 0 and "here" in listing.output
+    check = CliRunner().invoke(main, ["devices", "check", "--devices-file", str(path)])
+    assert check.exit_code == 0, check.output
+    assert "here (local): usable" in check.output and "onnxruntime" in check.output
+    bad = CliRunner().invoke(main, ["devices", "check", "nope", "--devices-file", str(path)])
+    assert bad.exit_code == 2 and "unknown device 'nope'" in bad.output
+    broken = write(tmp_path, "devices:\n  - {name: b, transport: local, python: /nonexistent/python3}\n")
+    failed = CliRunner().invoke(main, ["devices", "check", "--devices-file", str(broken)])
+    assert failed.exit_code == 1 and "NOT USABLE" in failed.output
