@@ -1,0 +1,289 @@
+"""SshConnection against a real OpenSSH server on 127.0.0.1 (see tests/rigs/sshd.py)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from backends.ssh_connection import (
+    AuthenticationFailed,
+    ConnectionLost,
+    HostKeyChanged,
+    HostKeyUnknown,
+    HostUnreachable,
+    RemoteTimeout,
+    SshConnection,
+    SshError,
+    SshTarget,
+)
+from tests.rigs.ssh_fixtures import make_target, ssh_target, sshd_server  # noqa: F401
+from tests.rigs.sshd import SshdServer, free_port
+
+pytestmark = pytest.mark.rig
+
+
+def processes_with_arg(arg: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if arg.encode() in argv:
+                found.append(int(entry))
+    return found
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def write_config(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+def test_connect_with_key_and_run(ssh_target: SshTarget, sshd_server: SshdServer) -> None:  # noqa: F811
+    with SshConnection(ssh_target) as conn:
+        assert conn.connected
+        code, out, err = conn.run(["sh", "-c", "echo out; echo err >&2; exit 3"], timeout=10)
+        assert (code, out, err) == (3, b"out\n", b"err\n")
+        assert conn.run(["id", "-un"], timeout=10)[1].decode().strip() == sshd_server.user
+        assert conn.run(["true"], timeout=10) == (0, b"", b"")
+        code, out, err = conn.run(["sh", "-c", "echo o; echo e >&2; printf tail >&2"], timeout=10)
+        assert (code, out, err) == (0, b"o\n", b"e\ntail")  # the wrapper's pid line never shows
+        code, _, err = conn.run(["no-such-program-convbench"], timeout=10)
+        assert code == 127 and b"no-such-program-convbench" in err
+        # a process killed by a signal reports 128 + signum, not a lost connection
+        assert conn.run(["sh", "-c", "kill -KILL $$"], timeout=10)[0] == 128 + 9
+        # stdin is passed through, larger than one SSH window
+        data = os.urandom(3 * 1024 * 1024)
+        code, out, _ = conn.run(["cat"], timeout=30, stdin=data)
+        assert code == 0 and out == data
+    assert not conn.connected
+
+
+def test_ssh_config_alias_resolution(sshd_server: SshdServer, tmp_path: Path) -> None:  # noqa: F811
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd_server.known_hosts_line)
+    config = write_config(
+        tmp_path / "config",
+        f"Host pi4\n  HostName {sshd_server.host}\n  Port {sshd_server.port}\n  User {sshd_server.user}\n"
+        f"  IdentityFile {sshd_server.user_key}\n"
+        f"Host wrongport\n  HostName {sshd_server.host}\n  Port 1\n  User nobody-here\n"
+        f"  IdentityFile {sshd_server.user_key}\n",
+    )
+    with SshConnection(SshTarget("pi4", ssh_config=config, known_hosts=str(known))) as conn:
+        hop = conn.resolved.target
+        assert (hop.hostname, hop.port, hop.user) == (sshd_server.host, sshd_server.port, sshd_server.user)
+        assert hop.keys == (str(sshd_server.user_key),)
+        assert conn.run(["echo", "via alias"], timeout=10)[1] == b"via alias\n"
+    # explicit fields override the config
+    target = SshTarget("wrongport", port=sshd_server.port, user=sshd_server.user, ssh_config=config,
+                       known_hosts=str(known))
+    with SshConnection(target) as conn:
+        assert conn.run(["id", "-un"], timeout=10)[1].decode().strip() == sshd_server.user
+
+
+def test_unknown_host_is_refused(sshd_server: SshdServer, tmp_path: Path) -> None:  # noqa: F811
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    target = make_target(sshd_server, tmp_path)
+    with pytest.raises(HostKeyUnknown) as info:
+        SshConnection(target).connect()
+    message = str(info.value)
+    assert sshd_server.host_key_fingerprint in message
+    assert str(sshd_server.port) in message and sshd_server.host in message
+    assert "trust_new_host: true" in message and "devices.yaml" in message
+    assert known.read_text() == ""
+
+
+def test_trust_new_host_records_the_key(sshd_server: SshdServer, tmp_path: Path) -> None:  # noqa: F811
+    known = tmp_path / "fresh" / "dir" / "known_hosts"  # neither the file nor its directory exists
+    target = make_target(sshd_server, tmp_path, known_hosts=str(known), trust_new_host=True)
+    with SshConnection(target) as conn:
+        assert conn.run(["true"], timeout=10)[0] == 0
+    assert known.read_text() == sshd_server.known_hosts_line
+    assert known.read_text().startswith(f"[127.0.0.1]:{sshd_server.port} ssh-ed25519 ")
+    # the second connection works without trust_new_host, and records nothing more
+    target = make_target(sshd_server, tmp_path, known_hosts=str(known), trust_new_host=False)
+    with SshConnection(target) as conn:
+        assert conn.run(["true"], timeout=10)[0] == 0
+    assert known.read_text() == sshd_server.known_hosts_line
+
+
+def test_changed_host_key_is_always_refused(sshd_server: SshdServer, tmp_path: Path) -> None:  # noqa: F811
+    target = make_target(sshd_server, tmp_path)
+    with SshConnection(target) as conn:
+        conn.run(["true"], timeout=10)
+    old = sshd_server.host_key_fingerprint
+    known_before = Path(target.known_hosts).read_text()
+    sshd_server.stop()
+    sshd_server.regenerate_host_key()
+    sshd_server.start()
+    new = sshd_server.host_key_fingerprint
+    assert old != new
+    for trust in (False, True):
+        with pytest.raises(HostKeyChanged) as info:
+            SshConnection(make_target(sshd_server, tmp_path, trust_new_host=trust)).connect()
+        assert (info.value.old_fingerprint, info.value.new_fingerprint) == (old, new)
+        assert old in str(info.value) and new in str(info.value) and "ssh-keygen -R" in str(info.value)
+    assert Path(target.known_hosts).read_text() == known_before
+
+
+def test_wrong_key_and_closed_port_have_clear_errors(sshd_server: SshdServer, tmp_path: Path) -> None:  # noqa: F811
+    stranger = SshdServer(tmp_path / "stranger")  # only used for its (unauthorized) user key
+    with pytest.raises(AuthenticationFailed, match=r"refused key authentication.*ssh-copy-id"):
+        SshConnection(make_target(sshd_server, tmp_path, key=str(stranger.user_key))).connect()
+    with pytest.raises(HostUnreachable, match=r"cannot reach 127\.0\.0\.1 port"):
+        SshConnection(make_target(sshd_server, tmp_path, port=free_port())).connect()
+    with pytest.raises(SshError, match="does not exist"):
+        SshConnection(make_target(sshd_server, tmp_path, key=str(tmp_path / "missing_key")))
+
+
+# --------------------------------------------------------------------------- commands and files
+
+
+def test_hostile_names_are_never_executed(ssh_target: SshTarget, tmp_path: Path) -> None:  # noqa: F811
+    markers = [tmp_path / f"pwned{i}" for i in range(4)]
+    hostile = (
+        f"sp ace 'single' \"double\" $(touch {markers[0]}) ; touch {markers[1]} ; "
+        f"`touch {markers[2]}` && touch {markers[3]} | > < * ~ $HOME \\ ä"
+    )
+    remote = str(tmp_path / "remote" / hostile / "file name's.txt")
+    local = tmp_path / "payload.txt"
+    local.write_text("payload\n")
+    with SshConnection(ssh_target) as conn:
+        assert conn.put(local, remote) is True
+        assert Path(remote).read_text() == "payload\n"  # sshd runs on this machine: check the real path
+        code, out, err = conn.run(["cat", remote], timeout=10)
+        assert (code, out, err) == (0, b"payload\n", b"")
+        assert conn.run(["echo", hostile], timeout=10)[1] == (hostile + "\n").encode()
+        assert conn.put(local, remote) is False  # the hash check quotes the name too
+        conn.get(remote, tmp_path / "back" / "sp ace 'q' $(x)" / "f;g")
+        assert (tmp_path / "back" / "sp ace 'q' $(x)" / "f;g").read_text() == "payload\n"
+        conn.remove_tree(str(tmp_path / "remote"))
+        assert not (tmp_path / "remote").exists()
+    assert [m for m in markers if m.exists()] == []
+
+
+def test_stdout_lines_arrive_as_they_are_printed(ssh_target: SshTarget) -> None:  # noqa: F811
+    seen: list[tuple[str, float]] = []
+    start = time.monotonic()
+    with SshConnection(ssh_target) as conn:
+        code, out, _ = conn.run(
+            ["sh", "-c", "echo first; sleep 2; printf 'second\\nno-newline'"],
+            timeout=20,
+            on_stdout_line=lambda line: seen.append((line, time.monotonic() - start)),
+        )
+    assert code == 0 and out == b"first\nsecond\nno-newline"
+    assert [line for line, _ in seen] == ["first", "second", "no-newline"]
+    assert seen[0][1] < seen[1][1] - 1.0  # the first line came before the command slept
+
+
+@pytest.mark.parametrize("remote_timeout", [True, False], ids=["coreutils-timeout", "no-timeout-binary"])
+def test_timeout_kills_the_remote_command(ssh_target: SshTarget, remote_timeout: bool) -> None:  # noqa: F811
+    marker = "30.4242"  # a unique argument to find the remote process by
+    with SshConnection(ssh_target) as conn:
+        if not remote_timeout:  # a board without coreutils `timeout`: the process-group kill alone
+            conn._has_timeout = False
+        start = time.monotonic()
+        with pytest.raises(RemoteTimeout) as info:
+            conn.run(["sleep", marker], timeout=1)
+        assert time.monotonic() - start < 5
+        assert info.value.killed
+        assert wait_until(lambda: not processes_with_arg(marker), 5), "the remote sleep survived"
+        # the connection is still usable afterwards
+        assert conn.run(["echo", "ok"], timeout=10)[1] == b"ok\n"
+
+
+def test_timeout_kills_children_of_the_remote_command(ssh_target: SshTarget) -> None:  # noqa: F811
+    marker = "31.4242"
+    with SshConnection(ssh_target) as conn, pytest.raises(RemoteTimeout):
+        conn.run(["sh", "-c", f"sleep {marker} & sleep {marker}; wait"], timeout=1)
+    assert wait_until(lambda: not processes_with_arg(marker), 5), "a child of the remote command survived"
+
+
+def test_sshd_killed_mid_command_raises_connection_lost(sshd_server: SshdServer, ssh_target: SshTarget) -> None:  # noqa: F811
+    conn = SshConnection(ssh_target)
+
+    def on_line(line: str) -> None:
+        if line == "started":
+            sshd_server.kill()
+
+    start = time.monotonic()
+    with pytest.raises(ConnectionLost, match=r"connection to .* lost while running sh"):
+        conn.run(["sh", "-c", "echo started; sleep 32.4242"], timeout=60, on_stdout_line=on_line)
+    assert time.monotonic() - start < 10
+    assert not conn.connected
+    # the board comes back: the next call reconnects by itself
+    sshd_server.start()
+    assert conn.run(["echo", "back"], timeout=10)[1] == b"back\n"
+    conn.close()
+
+
+def test_hung_board_raises_connection_lost(sshd_server: SshdServer, tmp_path: Path) -> None:  # noqa: F811
+    target = make_target(sshd_server, tmp_path, alive_interval=0.5, alive_count_max=3)
+    conn = SshConnection(target).connect()
+    timer = threading.Timer(0.5, sshd_server.freeze)  # TCP stays open, nothing answers
+    timer.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(ConnectionLost, match="no answer to keepalive"):
+            conn.run(["sleep", "33.4242"], timeout=60)
+        assert time.monotonic() - start < 10
+    finally:
+        timer.join()
+        sshd_server.thaw()
+        conn.close()
+
+
+def test_upload_is_skipped_when_the_hash_matches(ssh_target: SshTarget, tmp_path: Path) -> None:  # noqa: F811
+    local = tmp_path / "model.onnx"
+    local.write_bytes(os.urandom(200_000))
+    local.chmod(0o755)
+    remote = str(tmp_path / "board" / "a" / "b" / "model.onnx")
+    with SshConnection(ssh_target) as conn:
+        assert conn.put(local, remote) is True
+        assert Path(remote).read_bytes() == local.read_bytes()
+        assert os.stat(remote).st_mode & 0o777 == 0o755
+        mtime = os.stat(remote).st_mtime_ns
+        assert conn.put(local, remote) is False
+        assert os.stat(remote).st_mtime_ns == mtime
+        local.write_bytes(os.urandom(200_000))  # same size, new content
+        assert conn.put(local, remote) is True
+        assert Path(remote).read_bytes() == local.read_bytes()
+        assert [p.name for p in Path(remote).parent.iterdir()] == ["model.onnx"]  # no .part leftovers
+        with pytest.raises(SshError, match="refusing"):
+            conn.remove_tree("/")
+
+
+# --------------------------------------------------------------------------- ProxyJump
+
+
+@pytest.mark.parametrize("hops", [1, 2])
+def test_proxyjump_through_the_same_sshd(sshd_server: SshdServer, tmp_path: Path, hops: int) -> None:  # noqa: F811
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd_server.known_hosts_line)
+    host = f"  HostName {sshd_server.host}\n  Port {sshd_server.port}\n  User {sshd_server.user}\n" \
+           f"  IdentityFile {sshd_server.user_key}\n"
+    jumps = ",".join(["jumpbox"] * hops)
+    config = write_config(tmp_path / "config", f"Host jumpbox\n{host}Host board\n{host}  ProxyJump {jumps}\n")
+    accepted_before = sshd_server.log_text().count("Accepted publickey")
+    with SshConnection(SshTarget("board", ssh_config=config, known_hosts=str(known))) as conn:
+        assert [j.alias for j in conn.resolved.jumps] == ["jumpbox"] * hops
+        assert conn.run(["echo", "jumped"], timeout=10)[1] == b"jumped\n"
+    assert wait_until(lambda: sshd_server.log_text().count("Accepted publickey") - accepted_before == hops + 1, 5)
