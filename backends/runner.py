@@ -99,6 +99,37 @@ def read_cpufreq(sysfs_root="/sys"):
     return cpus
 
 
+def _cpu_jiffies():
+    """(busy jiffies of the whole machine, jiffies of this process) from /proc."""
+    try:
+        fields = (_read("/proc/stat") or "").splitlines()[0].split()[1:]
+        values = [int(v) for v in fields]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        own = (_read("/proc/self/stat") or "").rsplit(")", 1)[1].split()
+        return sum(values[:8]) - idle, int(own[11]) + int(own[12])
+    except (IndexError, ValueError):
+        return None
+
+
+class BusyMeter:
+    """How many cores' worth of CPU *other* processes used while we measured.
+
+    Our own runner is excluded, so a busy neighbour shows up even on a one-thread job;
+    the load average cannot tell the two apart.
+    """
+
+    def start(self):
+        self._start, self._t0 = _cpu_jiffies(), time.monotonic()
+
+    def stop(self):
+        end, elapsed = _cpu_jiffies(), time.monotonic() - self._t0
+        if self._start is None or end is None or elapsed <= 0:
+            return None
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        others = (end[0] - self._start[0]) - (end[1] - self._start[1])
+        return max(0.0, others / hz / elapsed)
+
+
 def system_state(sysfs_root="/sys"):
     try:
         load = os.getloadavg()
@@ -689,8 +720,14 @@ def run_item(runtime, item, plan):
         call = runtime.load(item["model"], input_array)
         result["load_s"] = (time.perf_counter_ns() - start) / 1e9
         cuda_timer = runtime.make_cuda_timer() if runtime.timer == "cuda_events" else None
-        timing, energy = _energy(plan.get("energy"), sysfs_root, policy, call,
+        energy_spec = dict(plan.get("energy") or {"sensor": "auto"})
+        if runtime.device == "cuda" and energy_spec.get("sensor", "auto") == "auto":
+            energy_spec["sensor"] = "nvml"
+        busy = BusyMeter()
+        busy.start()
+        timing, energy = _energy(energy_spec, sysfs_root, policy, call,
                                  lambda: measure(call, policy, cuda_timer))
+        result["other_cpu_cores"] = busy.stop()
         result.update(timing)
         result["energy"] = energy
         result["timer"] = runtime.timer

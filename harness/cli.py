@@ -203,6 +203,11 @@ def _print_run_summary(run_path: Path) -> None:
                  _human(r.macs), f"{r.gmacs_per_s:.1f}", r.output_check_status]
                 for r in nets.itertuples()]
         _print_table("networks", ["device/backend", "network", "median ms", "MACs", "GMAC/s", "output"], rows)
+    if "warnings" in frame:
+        busy = sum(1 for w in frame["warnings"] if isinstance(w, list) and any("busy" in x for x in w))
+        if busy:
+            click.echo(f"warning: {busy} of {len(frame)} jobs ran while other processes used this machine's CPU "
+                       "(see each record's other_cpu_cores); their timings are noisier")
     bad = excluded(frame)
     if not bad.empty:
         _print_table("not measured or invalid (excluded from the analysis)", ["job", "status", "reason"],
@@ -328,6 +333,11 @@ def _print_check(name: str, transport: str, result: dict) -> None:
     for problem in result.get("problems") or []:
         lines.append(f"  problem:  {problem}")
     click.echo("\n".join(lines))
+
+
+from harness.cli_analysis import register  # noqa: E402
+
+register(main)
 
 
 def run() -> None:  # console-script entry point

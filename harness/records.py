@@ -18,6 +18,8 @@ from harness.measure.stats import summarize
 
 # fp32 outputs must agree to 1e-4 of the output's scale (its largest magnitude).
 OUTPUT_RTOL = 1e-4
+# Other processes using more than this many cores during a job make its timing suspect.
+BUSY_CORES = 0.25
 _FINGERPRINT_KEYS = ("machine", "cpu_model", "board_model", "cores", "memory_bytes", "os", "emulated")
 
 
@@ -76,5 +78,10 @@ def finalize(record: dict[str, Any], artifact: Artifact | None) -> dict[str, Any
     if record["output_check"]["status"] == "mismatch":
         problems.append("output differs from the PyTorch reference")
     record["problems"] = problems
+    warnings = list(record.get("warnings") or [])
+    others = record.get("other_cpu_cores")
+    if others is not None and others > BUSY_CORES:
+        warnings.append(f"machine was busy: other processes used {others:.2f} cores while measuring")
+    record["warnings"] = warnings
     record["status"] = STATUS_INVALID if problems else STATUS_OK
     return record
