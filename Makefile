@@ -23,7 +23,7 @@ system-deps:
 	sh tools/system-deps.sh
 
 demo: setup
-	$(BIN)/harness workloads --suite quick
+	$(BIN)/harness run --suite quick
 
 # pytest exits 5 when it collected no tests: that must fail, not pass.
 test: setup system-deps
