@@ -30,14 +30,16 @@ quoted: they travel through the sync protocol literally, not through a shell.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -268,10 +270,85 @@ class AdbClient:
         With ``check=True`` a non-zero exit raises ``AdbCommandFailed``.
         """
         v2 = "shell_v2" in self.features(timeout)
-        remote = cmd if v2 else f"( {cmd} ); printf '\\n{_EXIT_MARKER}%d\\n' $?"
-        proc = self._run(["shell", remote], timeout)
-        stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+        proc = self._run(["shell", self._remote_command(cmd, v2)], timeout)
+        return self._finish_shell(cmd, v2, proc.returncode, proc.stdout, proc.stderr, check=check)
+
+    def shell_stream(
+        self,
+        cmd: str,
+        on_line: Callable[[str, str], None],
+        timeout: float | None = None,
+        *,
+        check: bool = False,
+    ) -> tuple[int, str, str]:
+        """Like ``shell()``, but calls ``on_line(stream, line)`` as each line arrives.
+
+        ``stream`` is ``"stdout"`` or ``"stderr"``; lines keep their newline.  Used to time
+        what a long remote command prints (benchmark_model's timing lines) while it runs.
+        On timeout the local adb process is killed (which closes the remote shell) and
+        ``AdbTimeout`` carries the output so far.
+        """
+        v2 = "shell_v2" in self.features(timeout)
+        timeout = self.default_timeout if timeout is None else timeout
+        argv = self._argv(["shell", self._remote_command(cmd, v2)])
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                env=self.env,
+                bufsize=1,
+            )
+        except FileNotFoundError as exc:
+            raise AdbNotInstalled(f"cannot run adb: {exc}", serial=self.serial, command=argv) from None
+        chunks: dict[str, list[str]] = {"stdout": [], "stderr": []}
+
+        def pump(name: str, source: object) -> None:
+            for line in iter(source.readline, ""):  # type: ignore[attr-defined]
+                chunks[name].append(line)
+                if not line.startswith(_EXIT_MARKER):
+                    with contextlib.suppress(Exception):  # a callback bug must not stall the pipe
+                        on_line(name, line)
+
+        readers = [threading.Thread(target=pump, args=(name, stream), daemon=True)
+                   for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+        for reader in readers:
+            reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            for reader in readers:
+                reader.join(timeout=5)
+            raise AdbTimeout(
+                f"adb shell on {self.serial or 'the device'} timed out after {timeout:g} s",
+                serial=self.serial,
+                command=argv,
+                stdout="".join(chunks["stdout"]),
+                stderr="".join(chunks["stderr"]),
+            ) from None
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        for reader in readers:
+            reader.join(timeout=30)
+        stdout, stderr = "".join(chunks["stdout"]), "".join(chunks["stderr"])
+        return self._finish_shell(cmd, v2, proc.returncode, stdout, stderr, check=check)
+
+    @staticmethod
+    def _remote_command(cmd: str, v2: bool) -> str:
+        return cmd if v2 else f"( {cmd} ); printf '\\n{_EXIT_MARKER}%d\\n' $?"
+
+    def _finish_shell(
+        self, cmd: str, v2: bool, code: int, stdout: str, stderr: str, *, check: bool
+    ) -> tuple[int, str, str]:
         if code != 0 and _looks_like_adb_error(stderr):
+            proc = subprocess.CompletedProcess(["shell", cmd], code, stdout, stderr)
             self._raise_for_adb_error(proc, ["shell", cmd])
         # adb (29.x at least) exits 0 with truncated output when the device vanishes
         # in the middle of a command: make sure it is still there.

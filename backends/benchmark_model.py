@@ -558,3 +558,21 @@ def parse_benchmark_output(text: str) -> BenchmarkModelResult:
     for line in text.splitlines():
         parser.feed(line)
     return parser.finish()
+
+
+def timing_event(line: str) -> str | None:
+    """What one output line marks in benchmark_model's timing loops, as it is printed.
+
+    ``"header"`` for ``Running benchmark for at least N iterations ...`` (a timed loop
+    starts), ``"stats"`` for a ``count=..`` block (that loop ended), else None.  The second
+    header/stats pair brackets the measured run: a transport timestamps them to know the
+    window an energy reading must cover.
+    """
+    _level, message = strip_prefix(line)
+    if not message:
+        return None
+    if _RUN_HEADER.match(message):
+        return "header"
+    if _parse_stat(message) is not None:
+        return "stats"
+    return None

@@ -1,0 +1,873 @@
+"""Android transport: TensorFlow Lite's ``benchmark_model`` on a phone, over the user's ``adb``.
+
+Per batch (one device, thread count and delegate):
+
+1. the device must be online and authorized (``adb get-state``), otherwise ``DeviceError``
+   with what to do (accept the RSA prompt, reconnect the cable, ``adb connect``);
+2. once per transport: the fingerprint (``getprop``, cpufreq), ``benchmark_model`` pushed to
+   ``/data/local/tmp/convbench/`` (or found on the device) and probed, the battery sensor probed;
+3. per job: the ``.tflite`` is pushed unless the device already holds it (same sha256), the
+   device cools down below ``thermal.cooldown_c`` if set (bounded by ``max_wait_s``), thermal
+   and cpufreq are read, ``benchmark_model`` runs (under ``taskset`` when ``cpu_mask`` is set)
+   while a thread samples ``current_now``/``voltage_now`` over adb, and its output is parsed.
+
+Every line benchmark_model prints is timestamped on arrival, so the battery energy is
+integrated over the measured loop only: from the second ``Running benchmark for at least``
+line to the statistics that end it, divided by the runs of that loop.
+
+A job that fails (non-zero exit, timeout, unparsable output, missing binary) gives an error
+record with the last lines of output and the batch goes on.  A device that vanishes gives
+an error record for the job it was running and ``DeviceError`` for the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import os
+import re
+import shlex
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from backends.adb import (
+    AdbClient,
+    AdbCommandFailed,
+    AdbDeviceNotFound,
+    AdbError,
+    AdbNotInstalled,
+    AdbTimeout,
+    integrate_energy,
+    power_supply_units,
+    quote_args,
+)
+from backends.base import (
+    Artifact,
+    DeviceError,
+    Job,
+    ResultCallback,
+    TimingPolicy,
+    Transport,
+    error_record,
+)
+from backends.benchmark_model import BenchmarkModelResult, TimingStats, parse_benchmark_output, timing_event
+from backends.protocol import base_record
+
+REMOTE_DIR = "/data/local/tmp/convbench"
+ON_DEVICE_PREFIXES = ("/data/", "/system/")
+BENCHMARK_HELP = (
+    "download the Android benchmark binary (android_aarch64_benchmark_model, linked from "
+    "https://ai.google.dev/edge/litert/models/measurement) and set benchmark_model in devices.yaml to its "
+    "path on this computer (it is pushed to " + REMOTE_DIR + "/) or to its path on the device"
+)
+ENERGY_SENSOR = "battery(power_supply)"
+ENERGY_NOTE = "USB charging distorts battery readings: unplug or disable charging (e.g. `dumpsys battery unplug`)"
+BATTERY_SENSORS = ("auto", "battery", "power_supply")
+SAMPLE_PERIOD_S = 0.1  # battery sampling period (one `adb shell` per sample)
+COOLDOWN_POLL_S = 0.5
+TAIL_LINES = 8
+PID_MARKER = "__CONVBENCH_PID__="
+MIB = 1024 * 1024
+DELEGATE_FLAGS = {
+    "cpu": ["--use_xnnpack=false"],
+    "xnnpack": ["--use_xnnpack=true"],
+    "gpu": ["--use_gpu=true"],
+    "nnapi": ["--use_nnapi=true"],
+}
+DELEGATE_LABELS = {"gpu": "GPU", "nnapi": "NNAPI", "xnnpack": "XNNPACK"}
+_VERSION = re.compile(
+    r"(?:LiteRT|TF ?Lite|TensorFlow Lite)(?: runtime)? version\s*[:=]?\s*\[?v?(?P<version>\d+\.\d+[\w.+-]*)", re.I
+)
+
+
+# -- pure helpers (no device) ---------------------------------------------------------------
+
+
+def benchmark_timeout(policy: TimingPolicy, op_profiling: bool = False) -> float:
+    """Wall-clock limit for one run: each timed loop stops after max_seconds (plus one
+    inference); loading, delegate compilation and the adb round trips get a generous margin."""
+    seconds = 120.0 + 3.0 * (policy.max_seconds + policy.warmup_seconds)
+    return seconds * (1.5 if op_profiling else 1.0)
+
+
+def run_counts(policy: TimingPolicy, options: Mapping[str, Any]) -> tuple[int, int]:
+    """(num_runs, warmup_runs): devices.yaml wins, else derived from the timing policy."""
+    num_runs = options.get("num_runs")
+    warmup = options.get("warmup_runs")
+    return (int(num_runs) if num_runs is not None else max(policy.min_runs, 50),
+            int(warmup) if warmup is not None else policy.warmup_runs)
+
+
+def _secs(value: float) -> str:
+    return format(float(value), "g")
+
+
+def benchmark_argv(binary: str, model: str, job: Job, policy: TimingPolicy, options: Mapping[str, Any],
+                   cpu_mask: str | None = None) -> list[str]:
+    """benchmark_model's argument vector for one job (quote it with ``quote_args``)."""
+    num_runs, warmup_runs = run_counts(policy, options)
+    argv = [
+        binary,
+        f"--graph={model}",
+        f"--num_threads={job.threads}",
+        f"--num_runs={num_runs}",
+        f"--warmup_runs={warmup_runs}",
+        f"--warmup_min_secs={_secs(policy.warmup_seconds)}",
+        f"--min_secs={_secs(policy.min_seconds)}",
+        f"--max_secs={_secs(policy.max_seconds)}",
+        *DELEGATE_FLAGS.get(job.delegate or "", []),
+        "--report_peak_memory_footprint=true",
+    ]
+    if options.get("op_profiling"):
+        argv.append("--enable_op_profiling=true")
+    if cpu_mask:
+        argv = ["taskset", cpu_mask, *argv]
+    return argv
+
+
+def latency_from(stats: TimingStats) -> dict[str, Any]:
+    """The measured loop's statistics in seconds (benchmark_model prints microseconds).
+
+    ``median`` is the printed median, or the mean when this build prints no percentiles
+    (then ``median_is_mean`` is true).  No confidence interval: benchmark_model does not
+    print its samples, and one cannot be derived from these summaries.
+    """
+    us = 1e-6
+    mean = stats.avg if stats.avg is not None else stats.curr
+    out: dict[str, Any] = {"n": stats.count}
+    if mean is not None:
+        out["mean"] = mean * us
+    median = stats.median if stats.median is not None else mean
+    if median is not None:
+        out["median"] = median * us
+    if stats.median is None:
+        out["median_is_mean"] = True
+    for key in ("std", "min", "max", "p5", "p95"):
+        value = getattr(stats, key)
+        if value is not None:
+            out[key] = value * us
+    if out.get("mean") and out.get("std") is not None:
+        out["cv"] = out["std"] / out["mean"]
+    return out
+
+
+def delegation_report(requested: str | None, result: BenchmarkModelResult) -> tuple[dict[str, Any], list[str],
+                                                                                    list[str]]:
+    """(delegation, problems, warnings) for the delegate the job asked for."""
+    rep = result.delegates.get(requested) if requested else None
+    delegation: dict[str, Any] = {"delegate": requested, "delegated_nodes": None, "total_nodes": None,
+                                  "partitions": None, "ran_nothing": False}
+    problems: list[str] = []
+    warnings: list[str] = []
+    if requested not in DELEGATE_LABELS:  # "cpu" (or nothing): the built-in kernels
+        xnn = result.delegates.get("xnnpack")
+        if requested == "cpu" and xnn is not None and xnn.nodes_delegated:
+            warnings.append(f"XNNPACK took {xnn.nodes_delegated} nodes although the cpu delegate "
+                            "(built-in kernels, --use_xnnpack=false) was requested")
+        delegation.update(delegated_nodes=0, total_nodes=result.total_nodes)
+        return delegation, problems, warnings
+    label = DELEGATE_LABELS[requested]
+    total = rep.nodes_total if rep is not None and rep.nodes_total is not None else None
+    if total is None:
+        totals = [r.nodes_total for r in result.delegates.values() if r.nodes_total is not None]
+        total = max(totals) if totals else None
+    delegated = rep.nodes_delegated if rep is not None else None
+    ran_nothing = bool(rep is not None and rep.ran_nothing) or (
+        result.delegate_ran_nothing and result.delegate_name == requested)
+    if ran_nothing and delegated is None:
+        delegated = 0
+    delegation.update(delegated_nodes=delegated, total_nodes=total,
+                      partitions=rep.partitions if rep is not None else None, ran_nothing=ran_nothing,
+                      status=rep.status if rep is not None else None)
+    if ran_nothing:
+        of = f" of {total}" if total else ""
+        why = f" ({rep.status})" if rep is not None and rep.status in ("unsupported", "failed") else ""
+        problems.append(f"{requested} delegate executed 0{of} nodes{why}: CPU fallback, not a {label} number")
+    elif delegated is not None and total and delegated < total:
+        parts = f", {rep.partitions} partitions" if rep is not None and rep.partitions else ""
+        problems.append(f"{requested} delegate executed only {delegated} of {total} nodes{parts}: the other "
+                        f"{total - delegated} ran on the CPU, not a pure {label} number")
+    elif rep is not None and rep.status == "partial":
+        problems.append(f"{requested} delegate ran only part of the graph ({rep.delegate_kernels} delegate kernels "
+                        f"with CPU ops between them): not a pure {label} number")
+    elif rep is None or (rep.status is None and delegated is None and rep.delegate_kernels is None):
+        warnings.append(f"benchmark_model printed nothing about how many nodes the {requested} delegate took: "
+                        "delegation could not be checked")
+    return delegation, problems, warnings
+
+
+def _value_at(points: Sequence[tuple[float, float]], t: float) -> float:
+    """Linear interpolation in time-ordered (t, value) points, held constant outside them."""
+    if t <= points[0][0]:
+        return points[0][1]
+    if t >= points[-1][0]:
+        return points[-1][1]
+    for (ta, wa), (tb, wb) in itertools.pairwise(points):
+        if ta <= t <= tb:
+            return wa if tb == ta else wa + (wb - wa) * (t - ta) / (tb - ta)
+    return points[-1][1]
+
+
+def window_energy(samples: Sequence[tuple[float, float]], t0: float, t1: float) -> float:
+    """Joules between t0 and t1 from (t, watts) samples (trapezoid, interpolated at the edges)."""
+    points = sorted(samples)
+    if not points or t1 <= t0:
+        return 0.0
+    inner = [(t, w) for t, w in points if t0 < t < t1]
+    return integrate_energy([(t0, _value_at(points, t0)), *inner, (t1, _value_at(points, t1))])
+
+
+def cpu_count(ranges: str) -> int | None:
+    """Number of CPUs in a sysfs list such as ``0-3,6``."""
+    total = 0
+    for part in ranges.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            total += (int(high) - int(low) + 1) if high else 1
+        except ValueError:
+            return None
+    return total or None
+
+
+def _celsius(raw: str) -> float | None:
+    """A thermal zone's temp: millidegrees by the kernel ABI, plain degrees on some vendors."""
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value / 1000.0 if abs(value) >= 1000 else value
+
+
+def _int(raw: str) -> int | None:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        return None
+
+
+def snapshot_command(sysfs_root: str, cpufreq: bool = True, battery: str | None = None) -> str:
+    """One remote shell line printing thermal zones (T), cpufreq (C) and battery status (B)."""
+    root = shlex.quote(sysfs_root.rstrip("/") or "/")
+    parts = [
+        f"for z in {root}/class/thermal/thermal_zone*; do [ -e \"$z/temp\" ] || continue; "
+        "printf 'T\\t%s\\t%s\\t%s\\n' \"${z##*/}\" \"$(cat \"$z/type\" 2>/dev/null)\" "
+        "\"$(cat \"$z/temp\" 2>/dev/null)\"; done",
+    ]
+    if cpufreq:
+        parts.append(
+            f"for c in {root}/devices/system/cpu/cpu[0-9]*; do [ -d \"$c/cpufreq\" ] || continue; "
+            "printf 'C\\t%s\\t%s\\t%s\\t%s\\n' \"${c##*/}\" \"$(cat \"$c/cpufreq/scaling_cur_freq\" 2>/dev/null)\" "
+            "\"$(cat \"$c/cpufreq/cpuinfo_max_freq\" 2>/dev/null)\" "
+            "\"$(cat \"$c/cpufreq/scaling_governor\" 2>/dev/null)\"; done"
+        )
+    if battery:
+        status = shlex.quote(f"{sysfs_root.rstrip('/')}/class/power_supply/{battery}/status")
+        parts.append(f"printf 'B\\t%s\\n' \"$(cat {status} 2>/dev/null)\"")
+    parts.append("true")
+    return "; ".join(parts)
+
+
+def parse_snapshot(text: str) -> dict[str, Any]:
+    """``{"zones": [(zone, type, celsius)], "cpufreq": {...}, "battery_status": str|None}``."""
+    zones: list[tuple[str, str, float]] = []
+    cpufreq: dict[str, dict[str, Any]] = {}
+    battery = None
+    for line in text.splitlines():
+        fields = line.rstrip("\r").split("\t")
+        if fields[0] == "T" and len(fields) >= 4:
+            celsius = _celsius(fields[3])
+            if celsius is not None:
+                zones.append((fields[1], fields[2].strip() or fields[1], celsius))
+        elif fields[0] == "C" and len(fields) >= 5:
+            cpufreq[fields[1]] = {"cur_khz": _int(fields[2]), "max_khz": _int(fields[3]),
+                                  "governor": fields[4].strip() or None}
+        elif fields[0] == "B" and len(fields) >= 2:
+            battery = fields[1].strip() or None
+    cpus = sorted(cpufreq, key=lambda name: int(name[3:]) if name[3:].isdigit() else 0)
+    return {"zones": zones, "cpufreq": {name: cpufreq[name] for name in cpus}, "battery_status": battery}
+
+
+def thermal_by_type(zones: Sequence[tuple[str, str, float]]) -> dict[str, float]:
+    """Zone temperatures keyed by type, as the runner keys them (``type/zone`` on duplicates)."""
+    out: dict[str, float] = {}
+    for zone, kind, celsius in zones:
+        out[kind if kind not in out else f"{kind}/{zone}"] = celsius
+    return out
+
+
+def _tail(text: str, lines: int = TAIL_LINES) -> str:
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(kept[-lines:]) or "no output"
+
+
+def _without_pid(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith(PID_MARKER))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- battery sampling -------------------------------------------------------------------------
+
+
+class BatterySampler:
+    """Reads current_now and voltage_now with one ``adb shell`` per sample, in a thread.
+
+    Samples are ``(host monotonic time, watts)``, stamped at the middle of each adb call.
+    ``stop()`` takes one last sample after it is asked to, so the end of a run is covered.
+    """
+
+    def __init__(self, client: AdbClient, current_path: str, voltage_path: str,
+                 period_s: float = SAMPLE_PERIOD_S) -> None:
+        self.client = client
+        self.command = quote_args(["cat", current_path, voltage_path])
+        self.period_s = period_s
+        self.samples: list[tuple[float, float]] = []
+        self.units: dict[str, str] | None = None
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="adb-battery-sampler", daemon=True)
+
+    def start(self) -> BatterySampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        return list(self.samples)
+
+    def _sample(self) -> bool:
+        started = time.monotonic()
+        try:
+            code, out, err = self.client.shell(self.command, timeout=15)
+        except DeviceError as exc:
+            self.error = str(exc)
+            return False
+        except AdbError as exc:
+            self.error = str(exc)
+            return True
+        ended = time.monotonic()
+        values = out.split()
+        if code != 0 or len(values) < 2:
+            self.error = f"cannot read the battery: {_tail(err or out, 2)}"
+            return True
+        try:
+            reading = power_supply_units(values[0], values[1])
+        except ValueError:
+            self.error = f"unexpected battery readings {values[:2]!r}"
+            return True
+        self.samples.append(((started + ended) / 2.0, reading.watts))
+        if self.units is None:
+            self.units = {"current": reading.current_unit, "voltage": reading.voltage_unit}
+        return True
+
+    def _loop(self) -> None:
+        next_at = time.monotonic()
+        while True:
+            if not self._sample() or self._stop.is_set():
+                return
+            next_at += self.period_s
+            delay = next_at - time.monotonic()
+            if delay < 0:
+                next_at, delay = time.monotonic(), 0.0
+            self._stop.wait(delay)
+
+    def interval_s(self) -> float | None:
+        """The median time between samples (adb round trips make it longer than the period)."""
+        gaps = sorted(b[0] - a[0] for a, b in itertools.pairwise(self.samples))
+        return gaps[len(gaps) // 2] if gaps else None
+
+
+# -- the transport ----------------------------------------------------------------------------
+
+
+class AndroidTransport(Transport):
+    name = "adb"
+
+    def __init__(self, client: AdbClient, *, device_name: str = "android", options: Mapping[str, Any] | None = None,
+                 cpu_mask: str | None = None, energy: Mapping[str, Any] | None = None,
+                 zones: Sequence[str] = (), cooldown_c: float | None = None, max_wait_s: float = 120.0,
+                 sysfs_root: str = "/sys") -> None:
+        self.client = client
+        self.serial = client.serial or "the device"
+        self.device_name = device_name
+        self.options = dict(options or {})
+        self.cpu_mask = cpu_mask
+        self.energy_spec = dict(energy or {"sensor": "auto"})
+        self.zones = tuple(zones)
+        self.cooldown_c = cooldown_c
+        self.max_wait_s = max_wait_s
+        self.sysfs_root = sysfs_root.rstrip("/") or "/sys"
+        self._prepared = False
+        self._fingerprint: dict[str, Any] | None = None
+        self._binary: str | None = None
+        self._binary_sha256: str | None = None
+        self._binary_error: str | None = None
+        self._runtime_version = "benchmark_model"
+        self._energy_unavailable: str | None = None
+        self._supply = str(self.energy_spec.get("supply") or "battery")
+        self._pushed: dict[str, str] = {}  # remote path -> sha256 this transport knows is there
+
+    @classmethod
+    def from_device(cls, device: Any) -> AndroidTransport:
+        env: dict[str, str] = {}
+        port = device.option("adb_server_port")
+        if port is not None:
+            env["ANDROID_ADB_SERVER_PORT"] = str(port)
+        adb = os.path.expanduser(str(device.option("adb") or "adb"))
+        try:
+            client = AdbClient(adb, serial=str(device.option("serial")), env=env)
+        except AdbNotInstalled as exc:
+            raise DeviceError(str(exc)) from None
+        thermal = device.thermal
+        return cls(client, device_name=device.name, options=device.options, cpu_mask=device.cpu_mask,
+                   energy=device.energy, zones=thermal.zones, cooldown_c=thermal.cooldown_c,
+                   max_wait_s=thermal.max_wait_s, sysfs_root=device.sysfs_root)
+
+    # -- device state ---------------------------------------------------------------------
+    def _connect(self) -> None:
+        """Raise DeviceError unless the device is online and authorized."""
+        try:
+            state = self.client.get_state(timeout=30)
+        except AdbDeviceNotFound as exc:
+            if not re.fullmatch(r"[\w.\-\[\]:]+:\d+", self.serial):
+                raise DeviceError(f"{exc}: check the cable and `adb devices` (is USB debugging on?)") from None
+            try:  # a phone over Wi-Fi: one `adb connect` attempt
+                state = self.client.connect(self.serial, timeout=30)
+            except DeviceError as again:
+                raise DeviceError(f"{again} (after {exc}): is wireless debugging on and the address right?") from None
+        except AdbTimeout as exc:
+            raise DeviceError(f"{exc}: the device or the adb server does not answer") from None
+        except AdbError as exc:
+            if isinstance(exc, DeviceError):
+                raise
+            raise DeviceError(str(exc)) from None
+        if state != "device":
+            raise DeviceError(f"{self.serial} is in state {state!r}, not 'device': boot it normally and unlock it")
+
+    def _shell(self, cmd: str, timeout: float = 60, check: bool = False) -> tuple[int, str, str]:
+        return self.client.shell(cmd, timeout, check=check)
+
+    def _prepare(self) -> None:
+        if self._prepared:
+            return
+        self._shell(quote_args(["mkdir", "-p", f"{REMOTE_DIR}/models"]), check=True)
+        self._fingerprint = self._read_fingerprint()
+        self._setup_binary()
+        self._probe_energy()
+        self._prepared = True
+
+    def _read_fingerprint(self) -> dict[str, Any]:
+        props = ("ro.product.model", "ro.product.manufacturer", "ro.board.platform", "ro.soc.model",
+                 "ro.hardware", "ro.build.version.release", "ro.build.version.sdk", "ro.product.cpu.abi",
+                 "ro.build.fingerprint")
+        root = shlex.quote(self.sysfs_root)
+        cmd = "; ".join([
+            f"for p in {' '.join(props)}; do printf 'P\\t%s\\t%s\\n' \"$p\" \"$(getprop \"$p\")\"; done",
+            "printf 'K\\t%s\\n' \"$(uname -r 2>/dev/null)\"",
+            f"for f in possible present online; do printf 'O\\t%s\\t%s\\n' \"$f\" "
+            f"\"$(cat {root}/devices/system/cpu/$f 2>/dev/null)\"; done",
+            "printf 'M\\t%s\\n' \"$(grep MemTotal /proc/meminfo 2>/dev/null)\"",
+            snapshot_command(self.sysfs_root, cpufreq=True),
+        ])
+        _code, out, _err = self._shell(cmd)
+        prop: dict[str, str] = {}
+        online: dict[str, str] = {}
+        kernel = memory = None
+        for line in out.splitlines():
+            fields = line.rstrip("\r").split("\t")
+            if fields[0] == "P" and len(fields) >= 3:
+                prop[fields[1]] = fields[2].strip()
+            elif fields[0] == "O" and len(fields) >= 2 and fields[-1].strip():
+                online[fields[1]] = fields[-1].strip()
+            elif fields[0] == "K" and len(fields) >= 2:
+                kernel = fields[1].strip() or None
+            elif fields[0] == "M" and len(fields) >= 2:
+                match = re.search(r"(\d+)\s*kB", fields[1])
+                memory = int(match.group(1)) * 1024 if match else None
+        freqs = parse_snapshot(out)["cpufreq"]
+        cores = next((cpu_count(online[k]) for k in ("possible", "present", "online") if online.get(k)), None)
+        cores = cores or (len(freqs) or None)
+        governors = sorted({c["governor"] for c in freqs.values() if c.get("governor")})
+        maker, model = prop.get("ro.product.manufacturer", ""), prop.get("ro.product.model", "")
+        release = prop.get("ro.build.version.release")
+        return {
+            "machine": prop.get("ro.product.cpu.abi") or None,
+            "cpu_model": prop.get("ro.board.platform") or prop.get("ro.soc.model") or prop.get("ro.hardware") or None,
+            "board_model": " ".join(p for p in (maker, model) if p) or None,
+            "cores": cores,
+            "cpu_max_khz": sorted({c["max_khz"] for c in freqs.values() if c.get("max_khz")}),
+            "governor": ",".join(governors) or None,
+            "memory_bytes": memory,
+            "os": f"Android {release}" if release else None,
+            "sdk": prop.get("ro.build.version.sdk") or None,
+            "build": prop.get("ro.build.fingerprint") or None,
+            "kernel": kernel,
+            "emulated": None,
+            "adb_serial": self.serial,
+        }
+
+    def _remote_sha256(self, path: str) -> str | None:
+        code, out, _err = self._shell(f"sha256sum {shlex.quote(path)} 2>/dev/null")
+        digest = out.split()[0] if out.split() else ""
+        return digest.lower() if code == 0 and re.fullmatch(r"[0-9a-fA-F]{64}", digest) else None
+
+    def _push(self, local: Path, remote: str, sha256: str) -> bool:
+        """Push unless the device already has these bytes there; True when pushed."""
+        if self._pushed.get(remote) == sha256 or self._remote_sha256(remote) == sha256:
+            self._pushed[remote] = sha256
+            return False
+        self.client.push(local, remote, timeout=600)
+        self._pushed[remote] = sha256
+        return True
+
+    def _setup_binary(self) -> None:
+        option = self.options.get("benchmark_model")
+        if not option:
+            self._binary_error = f"benchmark_model not found: devices.yaml sets none for {self.device_name}: " \
+                                 f"{BENCHMARK_HELP}"
+            return
+        text = str(option)
+        local = Path(os.path.expanduser(text))
+        try:
+            if local.is_file():
+                remote = f"{REMOTE_DIR}/benchmark_model"
+                self._binary_sha256 = _sha256(local)
+                self._push(local, remote, self._binary_sha256)
+                self._shell(quote_args(["chmod", "755", remote]), check=True)
+            elif text.startswith(ON_DEVICE_PREFIXES):
+                code, _out, _err = self._shell(f"test -f {shlex.quote(text)}")
+                if code != 0:
+                    self._binary_error = (f"benchmark_model not found at {text} (neither on this computer nor on "
+                                          f"the device): {BENCHMARK_HELP}")
+                    return
+                remote = text
+                self._binary_sha256 = self._remote_sha256(remote)
+            else:
+                self._binary_error = f"benchmark_model not found at {local}: {BENCHMARK_HELP}"
+                return
+        except AdbCommandFailed as exc:
+            self._binary_error = f"cannot install benchmark_model on {self.serial}: {exc}"
+            return
+        # Run it without a model: it must start (a wrong-ABI binary fails here, once, clearly).
+        code, out, err = self._shell(quote_args([remote]), timeout=60)
+        text_out = out + err
+        if "STARTING" not in text_out and code != 0:
+            self._binary_error = (f"benchmark_model at {remote} does not run on {self.serial} (exit {code}: "
+                                  f"{_tail(text_out, 3)}); is it the build for this ABI "
+                                  f"({(self._fingerprint or {}).get('machine')})? {BENCHMARK_HELP}")
+            return
+        match = _VERSION.search(text_out)
+        if match:
+            self._runtime_version = match.group("version")
+        self._binary = remote
+
+    def _battery_paths(self) -> tuple[str, str]:
+        base = f"{self.sysfs_root}/class/power_supply/{self._supply}"
+        return f"{base}/current_now", f"{base}/voltage_now"
+
+    def _probe_energy(self) -> None:
+        sensor = str(self.energy_spec.get("sensor", "auto"))
+        if sensor == "none":
+            self._energy_unavailable = "energy sensor is `none` in devices.yaml"
+            return
+        if sensor not in BATTERY_SENSORS:
+            self._energy_unavailable = (f"energy sensor {sensor!r} cannot be read over adb; use `battery` "
+                                        "(the power_supply current_now/voltage_now files)")
+            return
+        current, voltage = self._battery_paths()
+        code, out, err = self._shell(quote_args(["cat", current, voltage]), timeout=30)
+        values = out.split()
+        if code != 0 or len(values) < 2:
+            self._energy_unavailable = (f"{current} and {voltage} are not readable on the device "
+                                        f"({_tail(err or out, 2)})")
+            return
+        try:
+            power_supply_units(values[0], values[1])
+        except ValueError:
+            self._energy_unavailable = f"unexpected battery readings {values[:2]!r} in {current}, {voltage}"
+
+    # -- thermal --------------------------------------------------------------------------
+    def _snapshot_raw(self, cpufreq: bool = True, battery: bool = False) -> dict[str, Any]:
+        _code, out, _err = self._shell(
+            snapshot_command(self.sysfs_root, cpufreq, self._supply if battery else None), timeout=30)
+        return parse_snapshot(out)
+
+    @staticmethod
+    def _state(raw: Mapping[str, Any]) -> dict[str, Any]:
+        return {"time": time.time(), "thermal_c": thermal_by_type(raw["zones"]), "cpufreq": raw["cpufreq"],
+                "loadavg": None}
+
+    def _hottest(self, zones: Sequence[tuple[str, str, float]]) -> tuple[str, float] | None:
+        chosen = [z for z in zones if not self.zones or z[0] in self.zones or z[1] in self.zones]
+        if not chosen:
+            return None
+        zone, kind, celsius = max(chosen, key=lambda z: z[2])
+        return f"{kind} ({zone})", celsius
+
+    def _cooldown(self) -> dict[str, Any]:
+        """Wait until the hottest zone is below cooldown_c, at most max_wait_s."""
+        assert self.cooldown_c is not None
+        started = time.monotonic()
+        deadline = started + self.max_wait_s
+        while True:
+            hottest = self._hottest(self._snapshot_raw(cpufreq=False)["zones"])
+            waited = time.monotonic() - started
+            if hottest is None:
+                wanted = ", ".join(self.zones) or "any"
+                return {"cooldown_wait_s": waited, "warning": f"no thermal zone matches ({wanted}): "
+                                                              "cannot wait for the device to cool down"}
+            if hottest[1] < self.cooldown_c:
+                return {"cooldown_wait_s": waited}
+            if time.monotonic() >= deadline:
+                return {"cooldown_wait_s": waited, "cooldown_timed_out": True,
+                        "warning": f"the device did not cool below {self.cooldown_c:g} C within "
+                                   f"{self.max_wait_s:g} s (hottest: {hottest[0]} at {hottest[1]:.1f} C): "
+                                   "the measurement may be thermally throttled"}
+            time.sleep(max(0.0, min(COOLDOWN_POLL_S, deadline - time.monotonic())))
+
+    # -- running ------------------------------------------------------------------------------
+    def run_batch(self, jobs: list[Job], artifacts: Mapping[str, Artifact], policy: TimingPolicy,
+                  on_result: ResultCallback) -> None:
+        self._connect()
+        self._prepare()
+        for job in jobs:
+            try:
+                record = self._run_job(job, artifacts[job.workload_id], policy)
+            except DeviceError as exc:
+                reason = self._gone_reason(exc)
+                on_result(self._error(job, f"{self.serial} went away during this job: {reason}"))
+                raise DeviceError(f"{self.serial} went away during {job.job_id}: {reason}") from exc
+            except AdbError as exc:  # a failed push, a command that timed out: this job only
+                record = self._error(job, f"{type(exc).__name__}: {exc}")
+            on_result(record)
+
+    def _gone_reason(self, exc: DeviceError) -> str:
+        """What adb says about the device now (shorter than the failed command's error)."""
+        try:
+            state = self.client.get_state(timeout=15)
+        except AdbError as now:
+            return str(now)
+        return f"{exc} (it is back in state {state!r})"
+
+    def _error(self, job: Job, message: str, **extra: Any) -> dict[str, Any]:
+        record = error_record(job, self.name, message)
+        record.update(runtime="tflite", runtime_version=self._runtime_version,
+                      device_fingerprint=self._fingerprint, **extra)
+        return record
+
+    def _push_model(self, artifact: Artifact) -> str:
+        sha = artifact.sha256 or _sha256(Path(artifact.path))
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", artifact.workload_id)
+        remote = f"{REMOTE_DIR}/models/{safe}-{sha[:12]}.tflite"
+        self._push(Path(artifact.path), remote, sha)
+        return remote
+
+    def _run_job(self, job: Job, artifact: Artifact, policy: TimingPolicy) -> dict[str, Any]:
+        if self._binary is None:
+            return self._error(job, self._binary_error or f"benchmark_model not found: {BENCHMARK_HELP}")
+        remote_model = self._push_model(artifact)
+        extra: dict[str, Any] = {}
+        warnings: list[str] = []
+        if self.cooldown_c is not None:
+            cooled = self._cooldown()
+            extra["cooldown_wait_s"] = cooled["cooldown_wait_s"]
+            extra["cooldown_target_c"] = self.cooldown_c
+            if cooled.get("warning"):
+                warnings.append(cooled["warning"])
+                extra["cooldown_timed_out"] = bool(cooled.get("cooldown_timed_out"))
+        before = self._snapshot_raw(battery=self._energy_unavailable is None)
+        extra["thermal_before"] = self._state(before)
+
+        argv = benchmark_argv(self._binary, remote_model, job, policy, self.options, self.cpu_mask)
+        command = quote_args(argv)
+        timeout = benchmark_timeout(policy, bool(self.options.get("op_profiling")))
+        num_runs, warmup_runs = run_counts(policy, self.options)
+        extra["benchmark"] = {"binary": self._binary, "binary_sha256": self._binary_sha256, "command": command,
+                              "num_runs": num_runs, "warmup_runs": warmup_runs}
+
+        idle_watts = None
+        if self._energy_unavailable is None and policy.energy_idle_seconds > 0:
+            idle = BatterySampler(self.client, *self._battery_paths()).start()
+            idle_started = time.monotonic()
+            time.sleep(policy.energy_idle_seconds)
+            idle_ended = time.monotonic()
+            samples = idle.stop()
+            if len(samples) >= 2:
+                idle_watts = window_energy(samples, idle_started, idle_ended) / (idle_ended - idle_started)
+
+        lock = threading.Lock()
+        lines: list[str] = []
+        marks: list[tuple[float, str]] = []
+        remote_pid: list[str] = []
+
+        def on_line(_stream: str, line: str) -> None:
+            now = time.monotonic()
+            if line.startswith(PID_MARKER):
+                remote_pid.append(line[len(PID_MARKER):].strip())
+                return
+            event = timing_event(line)
+            with lock:
+                lines.append(line)
+                if event:
+                    marks.append((now, event))
+
+        sampler = None
+        if self._energy_unavailable is None:
+            sampler = BatterySampler(self.client, *self._battery_paths()).start()
+        started = time.monotonic()
+        try:
+            # The shell prints its pid, then becomes benchmark_model (exec): a timed-out run can be
+            # killed by its id, not left running beside the next job.
+            code, _out, _err = self.client.shell_stream(f"echo {PID_MARKER}$$; exec {command}", on_line,
+                                                        timeout=timeout)
+        except AdbTimeout as exc:
+            if sampler is not None:
+                sampler.stop()
+            if remote_pid and remote_pid[0].isdigit():
+                with contextlib.suppress(AdbError):
+                    self._shell(f"kill -9 {remote_pid[0]} 2>/dev/null", timeout=15)
+            return self._error(job, f"benchmark_model timed out after {timeout:.0f} s (--max-time "
+                                    f"{policy.max_seconds:g} s); last output: "
+                                    f"{_tail(_without_pid(exc.stdout) + exc.stderr)}",
+                               **extra)
+        finally:
+            ended = time.monotonic()
+        samples = sampler.stop() if sampler is not None else []
+        text = "".join(lines)
+        after = self._snapshot_raw()
+        extra["thermal_after"] = self._state(after)
+        extra["benchmark"]["exit_code"] = code
+
+        if code != 0:
+            return self._error(job, f"benchmark_model exited with code {code}: {_tail(text)}", **extra)
+        result = parse_benchmark_output(text)
+        if result.inference is None or result.latency_us is None or not result.inference.count:
+            why = "; ".join(result.errors) or "no measured-run statistics"
+            return self._error(job, f"cannot read benchmark_model's output ({why}): {_tail(text)}", **extra)
+
+        record = base_record(job, self.name)
+        record.update(extra)
+        delegation, problems, delegate_warnings = delegation_report(job.delegate, result)
+        warnings += delegate_warnings
+        match = _VERSION.search(text)
+        record.update(
+            runtime="tflite",
+            runtime_version=match.group("version") if match else self._runtime_version,
+            delegate=job.delegate,
+            device_fingerprint=self._fingerprint,
+            latency=latency_from(result.inference),
+            first_inference_s=(result.first_inference_us if result.first_inference_us is not None
+                               else (result.warmup.first if result.warmup else None)),
+            load_s=result.init_us * 1e-6 if result.init_us is not None else None,
+            memory=self._memory(result),
+            delegation=delegation,
+            problems=problems,
+            warnings=warnings,
+            output_check={"status": "not_checked", "reason": "benchmark_model runs random inputs"},
+            timer="benchmark_model",
+        )
+        if record["first_inference_s"] is not None:
+            record["first_inference_s"] *= 1e-6
+        record["benchmark"].update(warmup_count=result.warmup.count if result.warmup else None,
+                                   tool_warnings=result.warnings[:10])
+        record["energy"] = self._energy(policy, result, marks, samples, sampler, started, ended, idle_watts,
+                                        before.get("battery_status"))
+        return record
+
+    @staticmethod
+    def _memory(result: BenchmarkModelResult) -> dict[str, Any]:
+        peak = int(result.peak_memory_mb * MIB) if result.peak_memory_mb is not None else None
+        memory: dict[str, Any] = {
+            "peak_rss_bytes": peak,
+            "peak_footprint_bytes": peak,
+            "init_delta_bytes": int(result.memory_init_mb * MIB) if result.memory_init_mb is not None else None,
+            "overall_delta_bytes": (int(result.memory_overall_mb * MIB) if result.memory_overall_mb is not None
+                                    else None),
+            "model_size_bytes": int(result.model_size_mb * 1e6) if result.model_size_mb is not None else None,
+            "source": "benchmark_model (--report_peak_memory_footprint, periodic monitoring)",
+        }
+        if peak is None:
+            memory["reason"] = "benchmark_model reported no peak memory footprint"
+        return memory
+
+    def _energy(self, policy: TimingPolicy, result: BenchmarkModelResult, marks: list[tuple[float, str]],
+                samples: list[tuple[float, float]], sampler: BatterySampler | None, started: float, ended: float,
+                idle_watts: float | None, battery_status: str | None) -> dict[str, Any]:
+        if self._energy_unavailable is not None or sampler is None:
+            return {"status": "unavailable", "sensor": None, "reason": self._energy_unavailable}
+        interval = sampler.interval_s()
+        period_ms = (interval or sampler.period_s) * 1e3
+        energy: dict[str, Any] = {"sensor": ENERGY_SENSOR, "resolution": f"sampled every {period_ms:.0f} ms over adb",
+                                  "note": ENERGY_NOTE, "units": sampler.units, "samples": len(samples),
+                                  "battery_status": battery_status}
+        if battery_status in ("Charging", "Full"):
+            energy["warning"] = f"the battery reports {battery_status!r}: {ENERGY_NOTE}"
+        headers = [t for t, kind in marks if kind == "header"]
+        window = None
+        if len(headers) >= 2:
+            end = next((t for t, kind in marks if kind == "stats" and t > headers[1]), None)
+            if end is not None:
+                window = (headers[1], end, result.inference.count if result.inference else 0,
+                          "the measured loop (between benchmark_model's timing lines)")
+        if window is None:
+            runs = (result.warmup.count if result.warmup else 0) + (result.inference.count if result.inference else 0)
+            window = (started, ended, runs, "the whole benchmark_model process (no timing lines seen)")
+        t0, t1, runs, what = window
+        span = t1 - t0
+        energy.update(window_s=span, window=what, runs=runs)
+        slack = 3 * max(interval or 0.0, sampler.period_s)
+        covering = [s for s in samples if t0 - slack <= s[0] <= t1 + slack]
+        if span < policy.energy_min_window_s:
+            energy.update(status="unavailable", reason=f"measured window {span:.3f} s is shorter than the "
+                          f"{policy.energy_min_window_s:g} s minimum (raise --min-time)")
+        elif len(covering) < 2 or covering[0][0] > t0 + slack or covering[-1][0] < t1 - slack:
+            energy.update(status="unavailable", reason=f"battery samples do not cover the window ({len(covering)} "
+                          f"samples{'; ' + sampler.error if sampler.error else ''})")
+        elif runs <= 0:
+            energy.update(status="unavailable", reason="no inference ran in the window")
+        else:
+            joules = window_energy(samples, t0, t1)
+            energy.update(status="ok", joules=joules, mean_watts=joules / span, joules_per_inference=joules / runs,
+                          idle_watts=idle_watts, idle_subtracted=idle_watts is not None)
+            if idle_watts is not None:
+                energy["joules_per_inference"] = max(0.0, joules - idle_watts * span) / runs
+        return energy
+
+    # -- check ----------------------------------------------------------------------------------
+    def check(self) -> dict[str, Any]:
+        try:
+            self._connect()
+            self._prepare()
+            state = self._state(self._snapshot_raw(battery=True))
+        except DeviceError as exc:
+            return {"usable": False, "problems": [str(exc)], "serial": self.serial}
+        except AdbError as exc:
+            return {"usable": False, "problems": [f"{type(exc).__name__}: {exc}"], "serial": self.serial}
+        problems = [self._binary_error] if self._binary_error else []
+        runtimes = ({"tflite": {"version": self._runtime_version, "benchmark_model": self._binary}}
+                    if self._binary else {"tflite": {"error": self._binary_error}})
+        if self._energy_unavailable is None:
+            energy: dict[str, Any] = {"sensor": ENERGY_SENSOR,
+                                      "resolution": f"sampled every ~{SAMPLE_PERIOD_S * 1e3:.0f} ms over adb",
+                                      "note": ENERGY_NOTE}
+        else:
+            energy = {"sensor": None, "reason": self._energy_unavailable}
+        return {"usable": not problems, "problems": problems, "fingerprint": self._fingerprint,
+                "runtimes": runtimes, "energy": energy, "state": state, "serial": self.serial}
+
+    def close(self) -> None:
+        """Nothing stays open: every adb call is its own process; pushed files stay cached on the device."""
