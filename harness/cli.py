@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from harness.cli_cluster import cluster_run_options, resolve_cluster
 from harness.errors import UserError
 
 
@@ -125,9 +126,11 @@ def workloads_show(workload_id: str, as_json: bool) -> None:
               help="Seconds of idle power measured before each job (subtracted from its energy).")
 @click.option("--out", "results_dir", type=click.Path(path_type=Path), default=None,
               help="Results directory (default: $CONVBENCH_RESULTS or ./results).")
+@cluster_run_options
 def run_command(suite: str | None, workload_ids: str | None, backends: str | None, threads: str | None,
                 device_names: str | None, devices_file: Path | None, max_time: float, min_time: float,
-                target_ci: float, energy_idle: float, results_dir: Path | None) -> None:
+                target_ci: float, energy_idle: float, results_dir: Path | None, cluster: str | None,
+                tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
     """Benchmark workloads on devices; results go to results/<run-id>/."""
     from rich.console import Console
 
@@ -174,8 +177,9 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
                           energy_idle_seconds=energy_idle)
     console.print(f"{len(jobs)} jobs: {len(workload_list)} workloads on {', '.join(d.name for d in selected)} "
                   f"with {', '.join(chosen)}")
+    cluster_address, cluster_security = resolve_cluster(cluster, tls_ca, tls_cert, tls_key)
     outcome = execute(selected, jobs, policy, results_dir or default_results_dir(), workload_list, suite,
-                      console, skipped)
+                      console, skipped, cluster=cluster_address, cluster_security=cluster_security)
     _print_run_summary(outcome.path)
     console.print(f"results: {outcome.path} ({outcome.status})")
     if outcome.status == "interrupted":
@@ -189,7 +193,11 @@ def _print_run_summary(run_path: Path) -> None:
     frame = load_frame([run_path])
     pairs = pair_speedups(frame, bootstrap=0)
     if not pairs.empty:
-        for (device, backend, threads), group in pairs.groupby(["device", "backend", "threads"]):
+        keys = ["device", "backend", "threads"] + (["delegate"] if "delegate" in pairs else [])
+        for values, group in pairs.groupby(keys):
+            device, backend, threads = values[:3]
+            if len(values) > 3 and values[3]:
+                backend = f"{backend} ({values[3]})"
             rows = [[r.pair_id.removeprefix("conv-separable-"), f"{r.theoretical_speedup:.2f}x",
                      f"{r.measured_speedup:.2f}x", f"{r.efficiency:.0%}",
                      f"{r.standard_median_s * 1e3:.3f}", f"{r.separable_median_s * 1e3:.3f}"]
@@ -336,8 +344,10 @@ def _print_check(name: str, transport: str, result: dict) -> None:
 
 
 from harness.cli_analysis import register  # noqa: E402
+from harness.cli_cluster import register as register_cluster  # noqa: E402
 
 register(main)
+register_cluster(main)
 
 
 def run() -> None:  # console-script entry point
