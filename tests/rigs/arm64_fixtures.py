@@ -1,0 +1,93 @@
+"""pytest fixtures for the emulated aarch64 board (see ``arm64_board/``).
+
+Use from a test module::
+
+    from tests.rigs.arm64_fixtures import arm64_board, arm64_board_image  # noqa: F401
+
+``arm64_board`` (session scope) builds or reuses the cached image with
+``arm64_board/build.py`` (cold: several minutes, root needed; warm: about a second) and
+starts one board for the session.  When the image cannot be built or the board cannot
+start, the test is skipped with the reason, except under CI (``CI`` set), where it fails:
+CI never silently loses the arm64 coverage.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RIG_DIR = Path(__file__).resolve().parent / "arm64_board"
+BUILD_SCRIPT = RIG_DIR / "build.py"
+BUILD_TIMEOUT_S = 45 * 60
+
+
+def _load_board_module():
+    name = "convbench_arm64_board"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, RIG_DIR / "board.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def __getattr__(name):  # lazy: ``from tests.rigs.arm64_fixtures import Arm64Board``
+    if name == "Arm64Board":
+        return _load_board_module().Arm64Board
+    raise AttributeError(name)
+
+
+def unavailable(reason: str):
+    """Skip, or fail when running under CI."""
+    if os.environ.get("CI"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def build_or_reuse_image(log_path: Path) -> Path:
+    """Run build.py; return the image (rootfs) directory.  Raises RuntimeError on failure."""
+    cmd = [sys.executable, str(BUILD_SCRIPT)]
+    with open(log_path, "w") as log:
+        try:
+            rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    text = log_path.read_text(errors="replace")
+    m = re.search(r"^IMAGE_DIR=(.+)$", text, re.M)
+    if rc != 0 or not m:
+        tail = "\n".join(text.splitlines()[-25:])
+        raise RuntimeError(f"arm64 board image build failed (rc={rc}, log {log_path}):\n{tail}")
+    return Path(m.group(1).strip())
+
+
+@pytest.fixture(scope="session")
+def arm64_board_image(tmp_path_factory) -> Path:
+    log_path = tmp_path_factory.mktemp("arm64-build") / "build.log"
+    try:
+        return build_or_reuse_image(log_path)
+    except Exception as e:
+        unavailable(str(e))
+
+
+@pytest.fixture(scope="session")
+def arm64_board(arm64_board_image, tmp_path_factory):
+    """A running emulated Raspberry Pi 4 (aarch64, qemu-user) on 127.0.0.1:<port>."""
+    board_cls = _load_board_module().Arm64Board
+    board = board_cls(arm64_board_image, tmp_path_factory.mktemp("arm64-board"))
+    try:
+        board.start()
+    except Exception as e:
+        board.kill()
+        unavailable(f"arm64 board did not start: {e}")
+    try:
+        yield board
+    finally:
+        board.stop()
