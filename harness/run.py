@@ -116,12 +116,13 @@ def export_artifacts(jobs: list[Job], report: Any) -> tuple[dict[str, dict[str, 
 
 
 def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, results_dir: Path,
-            workload_ids: list[str], suite: str | None, console: Any, skipped: list[str]) -> RunOutcome:
+            workload_ids: list[str], suite: str | None, console: Any, skipped: list[str],
+            cluster: str | None = None, cluster_security: Any = None) -> RunOutcome:
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     writer = RunWriter(results_dir, provenance(devices, workload_ids, policy, suite))
-    writer.update(skipped=skipped, jobs=len(jobs))
+    writer.update(skipped=skipped, jobs=len(jobs), **({"cluster": cluster} if cluster else {}))
     records: list[dict[str, Any]] = []
     lock = threading.Lock()
     status = "interrupted"
@@ -168,7 +169,13 @@ def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, result
 
             work = [DeviceWork(d, [j for j in jobs if j.device == d.name and artifact_of[j.job_id] is not None])
                     for d in devices]
-            dispatch(work, artifacts, policy, on_record, on_state, stop)
+            if cluster:  # scale-out on Dask distributed (harness/cluster.py): same work, same callbacks
+                from harness.cluster import cluster_dispatch
+
+                cluster_dispatch(work, artifacts, policy, on_record, on_state, stop, scheduler=cluster,
+                                 security=cluster_security)
+            else:
+                dispatch(work, artifacts, policy, on_record, on_state, stop)
         status = "complete"
     except KeyboardInterrupt:
         stop.set()
