@@ -1,12 +1,13 @@
 """Measured speedups against MobileNet's theoretical ratio, and per-workload views.
 
 Input is the tidy frame of ``harness.store.load_frame``.  Invalid measurements
-(output mismatch, delegate fallback, errors) never enter a figure or a ratio; they
-are listed by ``excluded``.
+(status other than ``ok``: output mismatch, delegate fallback, errors) never enter a
+figure or a ratio; they are listed by ``excluded``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,32 @@ import pandas as pd
 from harness.measure.stats import bootstrap_ratio_ci
 
 GROUP = ["device", "backend", "threads", "delegate"]
+# The bootstrap resamples at most this many samples per side (evenly spaced in time).
+# Beyond it the interval only gets wider (conservative); 100k samples would take seconds.
+MAX_BOOTSTRAP_SAMPLES = 5000
+
+
+def thin(samples: Sequence[float], limit: int = MAX_BOOTSTRAP_SAMPLES) -> list[float]:
+    """At most ``limit`` samples, evenly spaced over the run (keeps slow drift in)."""
+    values = list(samples)
+    if len(values) <= limit:
+        return values
+    index = np.linspace(0, len(values) - 1, limit).round().astype(int)
+    return [values[i] for i in index]
+
+
+def valid(frame: pd.DataFrame) -> pd.DataFrame:
+    """The measurements every ratio, table and figure is built from (status ``ok``)."""
+    return _valid(frame)
 
 
 def _valid(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty or "status" not in frame:
         return frame.iloc[0:0]
-    return frame[frame["status"] == "ok"].copy()
+    out = frame[frame["status"] == "ok"].copy()
+    if "latency_median" in out:
+        out = out[out["latency_median"].notna()]
+    return out
 
 
 def excluded(frame: pd.DataFrame) -> pd.DataFrame:
@@ -32,8 +53,8 @@ def excluded(frame: pd.DataFrame) -> pd.DataFrame:
     for _, row in bad.iterrows():
         problems = row.get("problems")
         text = row.get("error") if isinstance(row.get("error"), str) else None
-        if not text and isinstance(problems, list):
-            text = "; ".join(problems)
+        if not text and isinstance(problems, list | np.ndarray) and len(problems):
+            text = "; ".join(map(str, problems))
         reasons.append(text or row.get("status"))
     bad["reason"] = reasons
     columns = [c for c in ["run_id", "job_id", "device", "backend", "threads", "workload_id", "status", "reason"]
@@ -48,16 +69,25 @@ def _group_keys(frame: pd.DataFrame) -> list[str]:
     return keys
 
 
+def _key_dict(keys: list[str], values: Any) -> dict[str, Any]:
+    return dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
+
+
 def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
-    """One row per standard/separable pair and device x backend x threads (x run)."""
-    valid = _valid(frame)
-    if valid.empty or "pair_id" not in valid:
+    """One row per standard/separable pair and device x backend x threads (x run).
+
+    theoretical_speedup is the MAC ratio standard/separable; measured_speedup the ratio
+    of median latencies, with a percentile-bootstrap 95% CI (speedup_ci_low/high);
+    efficiency = measured / theoretical.
+    """
+    valid_rows = _valid(frame)
+    if valid_rows.empty or "pair_id" not in valid_rows:
         return pd.DataFrame()
-    keys = _group_keys(valid)
-    if "run_id" in valid and valid["run_id"].nunique() > 1:
+    keys = _group_keys(valid_rows)
+    if "run_id" in valid_rows and valid_rows["run_id"].nunique() > 1:
         keys = ["run_id", *keys]
     rows: list[dict[str, Any]] = []
-    for group_values, group in valid.groupby(keys, dropna=False):
+    for group_values, group in valid_rows.groupby(keys, dropna=False):
         by_id = {row["workload_id"]: row for _, row in group.iterrows()}
         for workload_id, sep in by_id.items():
             if sep.get("kind") != "separable":
@@ -70,32 +100,67 @@ def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
             std_samples, sep_samples = std.get("samples_s"), sep.get("samples_s")
             if bootstrap and isinstance(std_samples, list) and isinstance(sep_samples, list) \
                     and std_samples and sep_samples:
-                _, lo, hi = bootstrap_ratio_ci(std_samples, sep_samples, n_boot=bootstrap)
+                _, lo, hi = bootstrap_ratio_ci(thin(std_samples), thin(sep_samples), n_boot=bootstrap)
             theoretical = 1.0 / sep["ratio"]
-            row = dict(zip(keys, group_values if isinstance(group_values, tuple) else (group_values,),
-                           strict=True))
+            row = _key_dict(keys, group_values)
             row.update(
-                pair_id=workload_id, m=sep["m"], n=sep["n"], k=sep["k"], x=sep["x"], stride=sep["stride"],
+                pair_id=workload_id, m=int(sep["m"]), n=int(sep["n"]), k=int(sep["k"]), x=int(sep["x"]),
+                stride=int(sep["stride"]),
                 standard_median_s=std["latency_median"], separable_median_s=sep["latency_median"],
                 theoretical_speedup=theoretical, measured_speedup=measured,
                 speedup_ci_low=lo, speedup_ci_high=hi, efficiency=measured / theoretical,
+                efficiency_ci_low=lo / theoretical, efficiency_ci_high=hi / theoretical,
+                standard_id=sep["standard_id"], runtime_version=sep.get("runtime_version"),
+                n_standard=len(std_samples) if isinstance(std_samples, list) else None,
+                n_separable=len(sep_samples) if isinstance(sep_samples, list) else None,
             )
             rows.append(row)
     return pd.DataFrame(rows)
 
 
+def efficiency_summary(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per device x backend x threads (x run): how much of the theoretical speedup is reached.
+
+    ``mean_efficiency`` is the arithmetic mean of measured/theoretical over the pairs;
+    the lowest and highest pairs are named by their N (output channels) and Dx (input size).
+    """
+    if pairs.empty:
+        return pd.DataFrame()
+    keys = [k for k in ["run_id", *GROUP] if k in pairs]
+    rows = []
+    for group_values, group in pairs.groupby(keys, dropna=False, sort=True):
+        low = group.loc[group["efficiency"].idxmin()]
+        high = group.loc[group["efficiency"].idxmax()]
+        row = _key_dict(keys, group_values)
+        row.update(
+            pairs=len(group), mean_efficiency=float(group["efficiency"].mean()),
+            median_efficiency=float(group["efficiency"].median()),
+            mean_measured_speedup=float(group["measured_speedup"].mean()),
+            mean_theoretical_speedup=float(group["theoretical_speedup"].mean()),
+            lowest_pair=low["pair_id"], lowest_n=int(low["n"]), lowest_x=int(low["x"]),
+            lowest_efficiency=float(low["efficiency"]),
+            highest_pair=high["pair_id"], highest_n=int(high["n"]), highest_x=int(high["x"]),
+            highest_efficiency=float(high["efficiency"]),
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def workload_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Median latency, achieved GMAC/s, intensity, memory, energy per valid measurement."""
-    valid = _valid(frame)
-    if valid.empty:
+    valid_rows = _valid(frame)
+    if valid_rows.empty:
         return pd.DataFrame()
-    out = valid.copy()
+    out = valid_rows.copy()
     out["gmacs_per_s"] = out["macs"] / out["latency_median"] / 1e9
+    if "delegate" in out:
+        out["delegate"] = out["delegate"].fillna("")
     columns = [c for c in ["run_id", "device", "backend", "threads", "delegate", "workload_id", "kind", "family",
                            "macs", "params", "intensity", "latency_median", "latency_ci_low", "latency_ci_high",
                            "latency_cv", "latency_n", "gmacs_per_s", "memory_peak_rss_bytes",
                            "memory_rss_increase_bytes", "energy_j", "energy_sensor", "output_check_status",
-                           "output_check_max_abs_diff", "device_emulated"] if c in out]
+                           "output_check_max_abs_diff", "device_emulated", "runtime_version", "energy_status",
+                           "memory_gpu_peak_bytes", "bytes_fp32"] if c in out]
     return out[columns].reset_index(drop=True)
 
 
@@ -104,6 +169,29 @@ def network_summary(frame: pd.DataFrame) -> pd.DataFrame:
     if summary.empty:
         return summary
     return summary[summary["kind"] == "network"].reset_index(drop=True)
+
+
+def network_comparison(frame: pd.DataFrame) -> pd.DataFrame:
+    """The networks against each other, per device x backend x threads (x run).
+
+    ``vs_fastest_network``: latency over the fastest network of the same device, backend
+    and threads; ``vs_fastest_backend``: latency over the same network's fastest backend
+    on the same device and threads.
+    """
+    nets = network_summary(frame)
+    if nets.empty:
+        return pd.DataFrame()
+    keys = [k for k in ["run_id", *GROUP] if k in nets]
+    out = nets.copy()
+    out["vs_fastest_network"] = out["latency_median"] / out.groupby(keys, dropna=False)[
+        "latency_median"].transform("min")
+    across = [k for k in ["run_id", "device", "threads", "workload_id"] if k in out]
+    out["vs_fastest_backend"] = out["latency_median"] / out.groupby(across, dropna=False)[
+        "latency_median"].transform("min")
+    columns = [c for c in [*keys, "workload_id", "macs", "params", "latency_median", "gmacs_per_s",
+                           "vs_fastest_network", "vs_fastest_backend", "memory_peak_rss_bytes", "energy_j"]
+               if c in out]
+    return out[columns].sort_values([*keys, "latency_median"]).reset_index(drop=True)
 
 
 def v1_vs_twin(frame: pd.DataFrame) -> pd.DataFrame:
@@ -121,10 +209,30 @@ def v1_vs_twin(frame: pd.DataFrame) -> pd.DataFrame:
                 continue
             twin = workload_id.replace("mobilenet_v1-", "mobilenet_v1_conv-", 1)
             if twin in by_id:
-                row = dict(zip(keys, group_values if isinstance(group_values, tuple) else (group_values,),
-                               strict=True))
+                row = _key_dict(keys, group_values)
                 row.update(workload_id=workload_id, twin_id=twin, theoretical_speedup=macs[twin] / macs[workload_id],
                            measured_speedup=by_id[twin] / latency)
                 row["efficiency"] = row["measured_speedup"] / row["theoretical_speedup"]
+                row["twin_median_s"] = by_id[twin]
+                row["v1_median_s"] = latency
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+def multi_delegate(frame: pd.DataFrame) -> bool:
+    """Whether some backend ran with more than one delegate (then labels must name it)."""
+    if frame.empty or "delegate" not in frame or "backend" not in frame:
+        return False
+    delegates = frame.assign(delegate=frame["delegate"].fillna("")).groupby("backend")["delegate"].nunique()
+    return bool((delegates > 1).any())
+
+
+def series_label(row: Any, multi_threads: bool, multi_delegate: bool = False) -> str:
+    """backend[/delegate][ tN]: the legend entry of one measurement in the figures."""
+    label = str(row["backend"])
+    delegate = row.get("delegate") if hasattr(row, "get") else None
+    if multi_delegate and isinstance(delegate, str) and delegate:
+        label += f"/{delegate}"
+    if multi_threads:
+        label += f" t{row['threads']}"
+    return label

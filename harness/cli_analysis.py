@@ -1,0 +1,299 @@
+"""``harness report | compare | baseline | history | export``: commands on stored results.
+
+``register(main)`` adds them to the ``harness`` group.  pandas, matplotlib and scipy are
+imported inside the commands only, so ``harness --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harness.errors import UserError
+
+RESULTS_HELP = "Results directory (default: $CONVBENCH_RESULTS or ./results)."
+
+
+def default_reports_dir() -> Path:
+    return Path(os.environ.get("CONVBENCH_REPORTS", "reports"))
+
+
+def _results(results_dir: Path | None) -> Path:
+    from harness.store import default_results_dir
+
+    return results_dir or default_results_dir()
+
+
+class Fraction(click.ParamType):
+    """0.05 or 5%."""
+
+    name = "fraction"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a fraction (0.05) or a percentage (5%)", param, ctx)
+        if not 0 <= number < 1:
+            self.fail(f"{value!r} must be below 100% (0.05 or 5% for five percent)", param, ctx)
+        return number
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[str]], footer: str | None = None,
+                 markup_column: int | None = None) -> None:
+    """Like harness.cli's table, but as wide as its content: a verdict must never be cut off."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True, min_width=len(column))
+    widths = [len(c) for c in columns]
+    for row in rows:
+        cells = [cell if index == markup_column else escape(cell) for index, cell in enumerate(row)]
+        table.add_row(*cells)
+        widths = [max(w, Text.from_markup(c).cell_len) for w, c in zip(widths, cells, strict=True)]
+    console = Console(width=max(120, Console().width, sum(widths) + 3 * len(widths) + 1))
+    console.print(table)
+    if footer:
+        console.print(escape(footer))
+
+
+def register(main: click.Group) -> None:
+    group_cls = type(main)
+
+    @main.command("report", short_help="Write an HTML + Markdown report of runs (figures, tables, CSV).")
+    @click.argument("runs", nargs=-1)
+    @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+                  help="Output folder (default: reports/<run-id>, or $CONVBENCH_REPORTS/<run-id>).")
+    @click.option("--title", default=None, help="Report title.")
+    @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None, help=RESULTS_HELP)
+    def report_command(runs: tuple[str, ...], out_dir: Path | None, title: str | None,
+                       results_dir: Path | None) -> None:
+        """Write a report of RUN(s) (default: latest): index.html, report.md + PNGs, CSV tables.
+
+        RUN is a run id, a unique prefix of one, a path, or `latest`.
+        """
+        from harness.report import build_report
+        from harness.store import resolve_run
+
+        root = _results(results_dir)
+        paths = [resolve_run(ref, root) for ref in (runs or ("latest",))]
+        if len({p.resolve() for p in paths}) != len(paths):
+            raise UserError("the same run is given twice")
+        if out_dir is None:
+            name = paths[0].name if len(paths) == 1 else f"{paths[-1].name}+{len(paths) - 1}"
+            out_dir = default_reports_dir() / name
+        result = build_report(paths, out_dir, title=title)
+        for line in result.summary:
+            click.echo(f"- {line}")
+        for name, why in result.missing_figures.items():
+            click.echo(f"figure {name} not drawn: {why}")
+        click.echo(f"report: {result.html} (also {result.markdown.name} with {len(result.figures)} PNG figures, "
+                   f"{len(result.csv)} CSV tables)")
+
+    @main.command("compare", short_help="Compare a run with a baseline; exit 1 on a regression.")
+    @click.argument("runs", nargs=-1)
+    @click.option("--baseline", "baseline_ref", default=None,
+                  help="auto (newest earlier run with the same devices and suite), stored (set by `harness "
+                       "baseline set`), or a run. Default: stored if set, else auto.")
+    @click.option("--threshold", type=Fraction(), default=None,
+                  help="Smallest change of the median that counts, as 0.05 or 5%  [default: 5%]")
+    @click.option("--alpha", type=float, default=None, help="Significance level of the Mann-Whitney U test "
+                  "[default: 0.01]")
+    @click.option("--same-runtime", is_flag=True,
+                  help="Match runtime versions too (default: compare across versions and show the change).")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.option("--markdown", "as_markdown", is_flag=True, help="Print Markdown (for a pull-request comment).")
+    @click.option("--allow-busy", is_flag=True,
+                  help="Give verdicts even for measurements made while other processes used the CPU "
+                       "(default: inconclusive).")
+    @click.option("--allow-missing-baseline", is_flag=True,
+                  help="Exit 0 with a message when no baseline exists yet (first nightly run).")
+    @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None, help=RESULTS_HELP)
+    @click.pass_context
+    def compare_command(ctx: click.Context, runs: tuple[str, ...], baseline_ref: str | None,
+                        threshold: float | None, alpha: float | None, same_runtime: bool, as_json: bool,
+                        as_markdown: bool, allow_busy: bool, allow_missing_baseline: bool,
+                        results_dir: Path | None) -> None:
+        """Compare CURRENT (default: latest) with BASELINE: `harness compare [BASELINE] [CURRENT]`.
+
+        Exit code 1 when any measurement regressed, 0 otherwise, 2 for usage errors.
+        A verdict needs both p < alpha and a change beyond --threshold.
+        """
+        from harness import compare as cmp
+        from harness.store import resolve_run
+
+        if as_json and as_markdown:
+            raise UserError("--json and --markdown exclude each other")
+        if len(runs) > 2:
+            raise UserError("compare takes at most two runs: BASELINE CURRENT")
+        if len(runs) == 2 and baseline_ref is not None:
+            raise UserError("give the baseline either as the first argument or with --baseline, not both")
+        root = _results(results_dir)
+        current = resolve_run(runs[-1] if runs else "latest", root)
+        try:
+            if len(runs) == 2:
+                baseline, why = resolve_run(runs[0], root), "given"
+            else:
+                baseline, why = cmp.resolve_baseline(baseline_ref, current, root)
+        except UserError as exc:
+            if allow_missing_baseline and len(runs) < 2 and baseline_ref in (None, "auto", "stored"):
+                click.echo(f"no baseline to compare with ({exc}); nothing to gate on", err=True)
+                ctx.exit(0)
+            raise
+        options = cmp.Options(threshold=cmp.DEFAULT_THRESHOLD if threshold is None else threshold,
+                              alpha=cmp.DEFAULT_ALPHA if alpha is None else alpha, same_runtime=same_runtime,
+                              allow_busy=allow_busy)
+        result = cmp.compare_runs(baseline, current, options, why)
+        if as_json:
+            click.echo(cmp.to_json(result))
+        elif as_markdown:
+            click.echo(cmp.markdown(result))
+        else:
+            _print_compare(result)
+        ctx.exit(result.exit_code)
+
+    @main.group("baseline", cls=group_cls, invoke_without_command=True)
+    @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None, help=RESULTS_HELP)
+    @click.pass_context
+    def baseline_group(ctx: click.Context, results_dir: Path | None) -> None:
+        """Show or set the run `harness compare` measures against."""
+        ctx.obj = {"results_dir": results_dir}
+        if ctx.invoked_subcommand is None:
+            _show_baseline(_results(results_dir))
+
+    @baseline_group.command("set")
+    @click.argument("run", default="latest")
+    @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None, help=RESULTS_HELP)
+    @click.pass_context
+    def baseline_set(ctx: click.Context, run: str, results_dir: Path | None) -> None:
+        """Make RUN (default: latest) the baseline of `harness compare`."""
+        from harness.compare import baseline_file, set_baseline
+        from harness.store import resolve_run
+
+        root = _results(results_dir or (ctx.obj or {}).get("results_dir"))
+        entry = set_baseline(resolve_run(run, root), root)
+        click.echo(f"baseline: {entry['run_id']} (stored in {baseline_file(root)})")
+
+    @baseline_group.command("show")
+    @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None, help=RESULTS_HELP)
+    @click.pass_context
+    def baseline_show(ctx: click.Context, results_dir: Path | None) -> None:
+        """Print the stored baseline."""
+        _show_baseline(_results(results_dir or (ctx.obj or {}).get("results_dir")))
+
+    @main.command("history", short_help="One workload's median latency over every run, with a trend figure.")
+    @click.option("--workload", "workload_id", required=True, help="Workload id, e.g. mobilenet_v2-1.0-224.")
+    @click.option("--device", default=None, help="Only this device.")
+    @click.option("--backend", default=None, help="Only this backend.")
+    @click.option("--threads", type=int, default=None, help="Only this thread count.")
+    @click.option("--figure", "figure_path", type=click.Path(path_type=Path), default=None,
+                  help="Trend figure (default: reports/history/<workload>.png).")
+    @click.option("--no-figure", is_flag=True, help="Only print the table.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None, help=RESULTS_HELP)
+    def history_command(workload_id: str, device: str | None, backend: str | None, threads: int | None,
+                        figure_path: Path | None, no_figure: bool, as_json: bool, results_dir: Path | None) -> None:
+        """Median latency of one workload over every run in results/, as a table and a trend figure."""
+        from harness.history import history, table_rows, trend_figure
+
+        root = _results(results_dir)
+        ok, bad = history(root, workload_id, device, backend, threads)
+        rows = table_rows(ok)
+        figure = None
+        if not no_figure and rows:
+            stem = "-".join([workload_id, *(str(v) for v in (device, backend) if v),
+                             *([f"t{threads}"] if threads else [])])
+            figure = trend_figure(ok, workload_id, figure_path or default_reports_dir() / "history" / f"{stem}.png")
+        if as_json:
+            click.echo(json.dumps({"workload_id": workload_id, "runs": rows, "figure": str(figure) if figure else None,
+                                   "invalid": [{"run_id": r["run_id"], "job_id": r.get("job_id"),
+                                                "status": r["status"]} for _, r in bad.iterrows()]},
+                                  indent=2, default=str))
+            return
+        _print_table(
+            f"{workload_id}: median latency per run ({len(rows)} valid measurements)",
+            ["run", "device/backend/threads", "runtime", "median ms", "95% CI ms", "n", "vs previous"],
+            [[r["run_id"], f"{r['device']}/{r['backend']}/t{r['threads']}", str(r["runtime_version"] or ""),
+              f"{r['median_s'] * 1e3:.4g}", f"{r['ci_low_s'] * 1e3:.4g} - {r['ci_high_s'] * 1e3:.4g}", str(r["n"]),
+              f"{r['change_vs_previous'] * 100:+.1f}%" if r["change_vs_previous"] is not None else ""]
+             for r in rows],
+            footer=(f"{len(bad)} invalid measurement(s) not shown" if len(bad) else None))
+        if figure:
+            click.echo(f"trend figure: {figure}")
+
+    @main.command("export", short_help="Export a run as pytest-benchmark JSON or CSV.")
+    @click.argument("run", default="latest")
+    @click.option("--format", "fmt", type=click.Choice(["pytest-benchmark", "csv"]), required=True,
+                  help="pytest-benchmark JSON, or a CSV with one row per measurement.")
+    @click.option("--output", "-o", "output", default=None,
+                  help="File to write, or - for stdout (default: reports/<run-id>/<run-id>.<format>).")
+    @click.option("--with-data", is_flag=True, help="pytest-benchmark: include every raw sample (stats.data).")
+    @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None, help=RESULTS_HELP)
+    def export_command(run: str, fmt: str, output: str | None, with_data: bool, results_dir: Path | None) -> None:
+        """Export RUN (default: latest) for other tools, e.g. `pytest-benchmark compare`."""
+        from harness import export
+        from harness.store import resolve_run
+
+        path = resolve_run(run, _results(results_dir))
+        if fmt == "csv":
+            text, note = export.to_csv(path), ""
+            suffix = "csv"
+        else:
+            document, skipped = export.to_pytest_benchmark(path, with_data=with_data)
+            text = json.dumps(document, indent=2, default=str)
+            note = f" ({len(document['benchmarks'])} benchmarks" + (
+                f", {skipped} invalid measurement(s) left out)" if skipped else ")")
+            suffix = "pytest-benchmark.json"
+        if output == "-":
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            return
+        target = Path(output) if output else default_reports_dir() / path.name / f"{path.name}.{suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        click.echo(f"exported {path.name} as {fmt}: {target}{note}")
+
+
+def _show_baseline(root: Path) -> None:
+    from harness.compare import baseline_file, stored_baseline
+
+    stored = stored_baseline(root)
+    if stored is None:
+        click.echo(f"no baseline set in {root}/ (`harness compare` uses --baseline auto until one is set)")
+    else:
+        entry = json.loads(baseline_file(root).read_text())
+        click.echo(f"baseline: {stored.name} (set {entry.get('set_at', '?')[:19]}, {stored})")
+
+
+def _print_compare(result: Any) -> None:
+    from harness import compare as cmp
+
+    colour = {"regressed": "red", "improved": "green", "inconclusive": "yellow"}
+    rows = []
+    for row in sorted(result.rows, key=cmp._order):
+        cells = cmp.row_cells(row)
+        if row["verdict"] in colour:
+            index = cmp.COLUMNS.index("verdict")
+            cells[index] = f"[{colour[row['verdict']]}]{row['verdict']}[/]"
+        rows.append(cells)
+    _print_table(f"baseline {result.baseline['run_id']} -> current {result.current['run_id']}", cmp.COLUMNS, rows,
+                 footer=f"baseline chosen: {result.baseline.get('chosen') or 'given'}\n{cmp.criteria(result)}",
+                 markup_column=cmp.COLUMNS.index("verdict"))
+    if result.unmatched:
+        _print_table("unmatched measurements (not compared)", ["workload", "device/backend/threads", "only in",
+                                                                "reason"],
+                     [[u["workload_id"], u["where"], u["only_in"], u["reason"][:120]] for u in result.unmatched])
+    for warning in result.warnings():
+        click.echo(f"warning: {warning}")
+    click.echo(f"{cmp.headline(result)}; exit code {result.exit_code}")

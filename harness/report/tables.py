@@ -1,0 +1,179 @@
+"""The report's tables: the analysis frames as formatted rows of strings.
+
+The same ``Table`` renders to HTML and Markdown; the CSV files keep the full-precision
+frames.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class Table:
+    name: str  # CSV stem
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+
+def _num(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def ms(value: Any) -> str:
+    number = _num(value)
+    if number is None:
+        return ""
+    number *= 1e3
+    if number < 1:
+        return f"{number:.4f}"
+    if number < 100:
+        return f"{number:.3f}"
+    return f"{number:.1f}"
+
+
+def times(value: Any, digits: int = 2) -> str:
+    number = _num(value)
+    return "" if number is None else f"{number:.{digits}f}x"
+
+
+def percent(value: Any) -> str:
+    number = _num(value)
+    return "" if number is None else f"{number:.0%}"
+
+
+def human(value: Any, unit: str = "") -> str:
+    number = _num(value)
+    if number is None:
+        return ""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(number) >= scale:
+            return f"{number / scale:.2f}{suffix}{unit}"
+    return f"{number:.0f}{unit}"
+
+
+def fixed(value: Any, digits: int = 1) -> str:
+    number = _num(value)
+    return "" if number is None else f"{number:.{digits}f}"
+
+
+def _where(row: Any, show_delegate: bool = False) -> str:
+    """device/backend[/delegate]/tN; the delegate when some backend ran with several."""
+    backend = row["backend"]
+    delegate = row.get("delegate") if hasattr(row, "get") else None
+    if show_delegate and isinstance(delegate, str) and delegate:
+        backend = f"{backend}/{delegate}"
+    return f"{row['device']}/{backend}/t{row['threads']}"
+
+
+def pairs_table(pairs: pd.DataFrame, show_delegate: bool = False) -> Table:
+    table = Table("pairs", "Standard vs depthwise-separable layer pairs",
+                  ["device/backend/threads", "pair (M, N, Dk, Dx, stride)", "standard ms", "separable ms",
+                   "theoretical", "measured [95% CI]", "measured / theoretical"],
+                  note="theoretical = standard MACs / separable MACs; measured = ratio of median latencies.")
+    def where(row: Any) -> str:
+        return _where(row, show_delegate)
+
+    for _, row in pairs.iterrows():
+        ci = f" [{times(row['speedup_ci_low'])}, {times(row['speedup_ci_high'])}]" \
+            if _num(row.get("speedup_ci_low")) is not None else ""
+        table.rows.append([where(row), f"{row['m']}, {row['n']}, {row['k']}, {row['x']}, {row['stride']}",
+                           ms(row["standard_median_s"]), ms(row["separable_median_s"]),
+                           times(row["theoretical_speedup"]), times(row["measured_speedup"]) + ci,
+                           percent(row["efficiency"])])
+    return table
+
+
+def workloads_table(workloads: pd.DataFrame, show_delegate: bool = False) -> Table:
+    table = Table("workloads", "Every valid measurement",
+                  ["device/backend/threads", "workload", "kind", "median ms [95% CI]", "MACs", "GMAC/s",
+                   "MAC/byte", "peak RSS", "energy mJ", "output"],
+                  note="peak RSS is the runner process's (runtime included); energy only where a sensor was read.")
+    def where(row: Any) -> str:
+        return _where(row, show_delegate)
+
+    for _, row in workloads.iterrows():
+        ci = f" [{ms(row.get('latency_ci_low'))}, {ms(row.get('latency_ci_high'))}]" \
+            if _num(row.get("latency_ci_low")) is not None else ""
+        energy = _num(row.get("energy_j"))
+        table.rows.append([where(row), row["workload_id"], str(row.get("kind") or ""),
+                           ms(row["latency_median"]) + ci, human(row["macs"]), fixed(row["gmacs_per_s"], 2),
+                           fixed(row.get("intensity"), 1), human(row.get("memory_peak_rss_bytes"), "B"),
+                           f"{energy * 1e3:.3f}" if energy is not None else "",
+                           str(row.get("output_check_status") or "")])
+    return table
+
+
+def networks_table(comparison: pd.DataFrame, show_delegate: bool = False) -> Table:
+    table = Table("networks", "The networks against each other",
+                  ["device/backend/threads", "network", "median ms", "MACs", "params", "GMAC/s",
+                   "x fastest network", "x fastest backend"],
+                  note="x fastest network: latency over the fastest network on the same device/backend/threads; "
+                       "x fastest backend: over the same network's fastest backend on the device.")
+    def where(row: Any) -> str:
+        return _where(row, show_delegate)
+
+    for _, row in comparison.iterrows():
+        table.rows.append([where(row), row["workload_id"], ms(row["latency_median"]), human(row["macs"]),
+                           human(row["params"]), fixed(row["gmacs_per_s"], 2), times(row["vs_fastest_network"]),
+                           times(row["vs_fastest_backend"])])
+    return table
+
+
+def twin_table(twins: pd.DataFrame, show_delegate: bool = False) -> Table:
+    table = Table("v1_vs_twin", "MobileNet v1 vs its standard-convolution twin",
+                  ["device/backend/threads", "network", "v1 ms", "twin ms", "theoretical", "measured",
+                   "measured / theoretical"])
+    def where(row: Any) -> str:
+        return _where(row, show_delegate)
+
+    for _, row in twins.iterrows():
+        table.rows.append([where(row), row["workload_id"], ms(row["v1_median_s"]), ms(row["twin_median_s"]),
+                           times(row["theoretical_speedup"]), times(row["measured_speedup"]),
+                           percent(row["efficiency"])])
+    return table
+
+
+def efficiency_table(efficiency: pd.DataFrame, show_delegate: bool = False) -> Table:
+    table = Table("efficiency", "Share of the theoretical speedup reached, per device and backend",
+                  ["device/backend/threads", "pairs", "mean", "median", "lowest (N, Dx)", "highest (N, Dx)"])
+    def where(row: Any) -> str:
+        return _where(row, show_delegate)
+
+    for _, row in efficiency.iterrows():
+        table.rows.append([where(row), str(row["pairs"]), percent(row["mean_efficiency"]),
+                           percent(row["median_efficiency"]),
+                           f"{percent(row['lowest_efficiency'])} ({row['lowest_n']}, {row['lowest_x']})",
+                           f"{percent(row['highest_efficiency'])} ({row['highest_n']}, {row['highest_x']})"])
+    return table
+
+
+def excluded_table(bad: pd.DataFrame) -> Table:
+    table = Table("excluded", "Excluded measurements (not in any figure or ratio)",
+                  ["job", "status", "reason"])
+    for _, row in bad.iterrows():
+        table.rows.append([str(row.get("job_id") or ""), str(row.get("status") or ""), str(row.get("reason") or "")])
+    return table
+
+
+def provenance_tables(prov: dict[str, list[dict[str, Any]]]) -> list[Table]:
+    out = []
+    for key, title, columns in (
+        ("runs", "Runs", ["run", "status", "started", "finished", "convbench", "suite", "measurements", "host",
+                          "command"]),
+        ("devices", "Devices", ["device", "transport", "fingerprint", "hardware", "os", "memory", "emulated"]),
+        ("runtimes", "Runtimes", ["device", "backend", "runtime", "versions", "delegates"]),
+    ):
+        out.append(Table(f"provenance_{key}", title, columns,
+                         [[str(item.get(c, "")) for c in columns] for item in prov[key]]))
+    return out

@@ -1,0 +1,134 @@
+"""Analysis numbers on a hand-made results set with known answers.
+
+tests/data/runs/20260101T000000Z-aaaaaa (written by make_runs.py): every job has 7
+samples ``median * SHAPE`` whose median is exactly the chosen one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness import analysis
+from harness.store import load_frame
+
+RUN = Path(__file__).parent / "data" / "runs" / "20260101T000000Z-aaaaaa"
+
+
+def theory(n: int, k: int = 3) -> float:
+    """MobileNet's cost ratio 1/N + 1/Dk^2, as a speedup."""
+    return 1 / (1 / n + 1 / k**2)
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return load_frame([RUN])
+
+
+@pytest.fixture(scope="module")
+def pairs(frame) -> pd.DataFrame:
+    return analysis.pair_speedups(frame, bootstrap=500)
+
+
+def _row(table: pd.DataFrame, **where) -> pd.Series:
+    mask = pd.Series(True, index=table.index)
+    for key, value in where.items():
+        mask &= table[key] == value
+    assert mask.sum() == 1, (where, mask.sum())
+    return table[mask].iloc[0]
+
+
+def test_pair_speedups_theoretical_measured_efficiency(pairs):
+    # onnxruntime: N64 4.0/1.0 ms, N32 6.0/1.0 ms; tflite: N32 2.0/0.5 ms (its N64 separable is invalid).
+    assert len(pairs) == 3
+    n64 = _row(pairs, backend="onnxruntime", n=64)
+    assert n64["theoretical_speedup"] == pytest.approx(theory(64), rel=1e-12)
+    assert n64["measured_speedup"] == pytest.approx(4.0, rel=1e-12)
+    assert n64["efficiency"] == pytest.approx(4.0 / theory(64), rel=1e-12)
+    assert (n64["m"], n64["k"], n64["x"], n64["stride"]) == (32, 3, 28, 1)
+    n32 = _row(pairs, backend="onnxruntime", n=32)
+    assert n32["measured_speedup"] == pytest.approx(6.0) and n32["efficiency"] == pytest.approx(6.0 / theory(32))
+    tfl = _row(pairs, backend="tflite", n=32)
+    assert tfl["measured_speedup"] == pytest.approx(4.0) and tfl["standard_median_s"] == pytest.approx(0.002)
+    assert not ((pairs["backend"] == "tflite") & (pairs["n"] == 64)).any()  # invalid separable: no pair
+
+
+def test_pair_speedup_bootstrap_interval(pairs):
+    # Both sides are median * SHAPE, so every bootstrap ratio is (a/b) * SHAPE[i]/SHAPE[j]:
+    # the interval contains the point and stays within the extreme ratios 0.97/1.05 .. 1.05/0.97.
+    for _, row in pairs.iterrows():
+        point = row["measured_speedup"]
+        assert row["speedup_ci_low"] <= point <= row["speedup_ci_high"]
+        assert row["speedup_ci_low"] >= point * 0.97 / 1.05 - 1e-12
+        assert row["speedup_ci_high"] <= point * 1.05 / 0.97 + 1e-12
+        assert row["efficiency_ci_low"] == pytest.approx(row["speedup_ci_low"] / row["theoretical_speedup"])
+    again = analysis.pair_speedups(load_frame([RUN]), bootstrap=500)
+    assert list(again["speedup_ci_low"]) == list(pairs["speedup_ci_low"])  # deterministic
+    assert analysis.pair_speedups(load_frame([RUN]), bootstrap=0)["speedup_ci_low"].isna().all()
+
+
+def test_efficiency_summary_names_lowest_pair(pairs):
+    summary = analysis.efficiency_summary(pairs)
+    ort = _row(summary, backend="onnxruntime")
+    assert ort["pairs"] == 2
+    assert ort["mean_efficiency"] == pytest.approx((4 / theory(64) + 6 / theory(32)) / 2)
+    assert (ort["lowest_n"], ort["lowest_x"]) == (64, 28) and (ort["highest_n"], ort["highest_x"]) == (32, 56)
+    assert _row(summary, backend="tflite")["pairs"] == 1
+
+
+def test_workload_summary(frame):
+    summary = analysis.workload_summary(frame)
+    assert len(summary) == 12  # 14 records, 2 invalid
+    std = _row(summary, backend="onnxruntime", workload_id="conv-standard-M32-N64-k3-x28-s1")
+    assert std["latency_median"] == pytest.approx(0.004)
+    assert std["gmacs_per_s"] == pytest.approx(14_450_688 / 0.004 / 1e9)
+    assert std["intensity"] == pytest.approx(14_450_688 / 375_296)
+    assert std["memory_peak_rss_bytes"] == 200_000_000 and std["output_check_status"] == "match"
+    v1 = _row(summary, backend="onnxruntime", workload_id="mobilenet_v1-0.25-128")
+    assert v1["energy_j"] == pytest.approx(0.004) and v1["energy_sensor"] == "rapl:package-0"
+    assert summary["energy_j"].notna().sum() == 1  # only where measured
+
+
+def test_v1_vs_twin_and_network_comparison(frame):
+    twins = analysis.v1_vs_twin(frame)
+    assert len(twins) == 1  # tflite's twin failed to export
+    twin = twins.iloc[0]
+    assert twin["backend"] == "onnxruntime"
+    assert twin["measured_speedup"] == pytest.approx(10.0 / 2.0)
+    assert twin["theoretical_speedup"] == pytest.approx(100_231_168 / 13_570_048)
+    networks = analysis.network_comparison(frame)
+    v2_ort = _row(networks, backend="onnxruntime", workload_id="mobilenet_v2-0.35-96")
+    assert v2_ort["vs_fastest_network"] == pytest.approx(1.0)  # 1.5 ms: fastest on onnxruntime
+    assert v2_ort["vs_fastest_backend"] == pytest.approx(1.5)  # tflite runs it in 1.0 ms
+    v1_tfl = _row(networks, backend="tflite", workload_id="mobilenet_v1-0.25-128")
+    assert v1_tfl["vs_fastest_network"] == pytest.approx(2.5) and v1_tfl["vs_fastest_backend"] == pytest.approx(1.25)
+
+
+def test_invalid_measurements_are_excluded_and_listed(frame):
+    bad = analysis.excluded(frame)
+    assert sorted(bad["status"]) == ["error", "invalid"]
+    reasons = dict(zip(bad["workload_id"], bad["reason"], strict=True))
+    assert reasons["conv-separable-M32-N64-k3-x28-s1"] == "output differs from the PyTorch reference"
+    assert reasons["mobilenet_v1_conv-0.25-128"] == "litert-torch conversion failed: unsupported op"
+    valid = analysis.valid(frame)
+    assert (valid["status"] == "ok").all() and len(valid) == 12
+
+
+def test_many_runs_keep_runs_apart():
+    runs = [RUN, RUN.parent / "20260102T000000Z-bbbbbb", RUN.parent / "20260103T000000Z-cccccc"]
+    pairs = analysis.pair_speedups(load_frame(runs), bootstrap=0)
+    # B and C each hold one complete onnxruntime pair (N64), samples of the same shape on both
+    # sides: 4.0 in B, and 4.0 * 1.2 in C, whose standard layer is 20% slower.
+    by_run = pairs[pairs["n"] == 64].set_index("run_id")["measured_speedup"]
+    assert by_run["20260101T000000Z-aaaaaa"] == pytest.approx(4.0)
+    assert by_run["20260102T000000Z-bbbbbb"] == pytest.approx(4.0)
+    assert by_run["20260103T000000Z-cccccc"] == pytest.approx(4.8)
+
+
+def test_thin_keeps_order_and_ends():
+    values = list(range(100_000))
+    thinned = analysis.thin(values, 1000)
+    assert len(thinned) == 1000 and thinned[0] == 0 and thinned[-1] == 99_999 and thinned == sorted(thinned)
+    assert analysis.thin([1.0, 2.0], 1000) == [1.0, 2.0]
