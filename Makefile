@@ -24,6 +24,7 @@ system-deps:
 
 demo: setup
 	$(BIN)/harness run --suite quick
+	$(BIN)/harness report latest
 
 # pytest exits 5 when it collected no tests: that must fail, not pass.
 test: setup system-deps

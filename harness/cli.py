@@ -120,6 +120,10 @@ def workloads_show(workload_id: str, as_json: bool) -> None:
               help="Devices file (default: $CONVBENCH_DEVICES or ./devices.yaml).")
 @click.option("--max-time", type=float, default=5.0, show_default=True, help="Maximum timed seconds per job.")
 @click.option("--min-time", type=float, default=0.5, show_default=True, help="Minimum timed seconds per job.")
+@click.option("--min-runs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Minimum timed iterations per job.")
+@click.option("--warmup-runs", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Untimed iterations after the first inference (and at least 0.2 s unless 0).")
 @click.option("--target-ci", type=float, default=0.01, show_default=True,
               help="Stop a job once the 95%% CI of its median is this narrow (relative).")
 @click.option("--energy-idle", type=float, default=0.0, show_default=True,
@@ -129,7 +133,8 @@ def workloads_show(workload_id: str, as_json: bool) -> None:
 @cluster_run_options
 def run_command(suite: str | None, workload_ids: str | None, backends: str | None, threads: str | None,
                 device_names: str | None, devices_file: Path | None, max_time: float, min_time: float,
-                target_ci: float, energy_idle: float, results_dir: Path | None, cluster: str | None,
+                min_runs: int, warmup_runs: int, target_ci: float, energy_idle: float, results_dir: Path | None,
+                cluster: str | None,
                 tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
     """Benchmark workloads on devices; results go to results/<run-id>/."""
     from rich.console import Console
@@ -173,7 +178,8 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
     if not jobs:
         raise UserError("nothing to run: no selected device offers the selected backends "
                         f"({', '.join(backend_list or []) or 'none installed'})")
-    policy = TimingPolicy(min_seconds=min_time, max_seconds=max_time, target_ci_rel_width=target_ci,
+    policy = TimingPolicy(min_seconds=min_time, max_seconds=max_time, min_runs=min_runs, target_ci_rel_width=target_ci,
+                          warmup_runs=warmup_runs, warmup_seconds=0.2 if warmup_runs else 0.0,
                           energy_idle_seconds=energy_idle)
     console.print(f"{len(jobs)} jobs: {len(workload_list)} workloads on {', '.join(d.name for d in selected)} "
                   f"with {', '.join(chosen)}")
