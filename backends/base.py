@@ -75,6 +75,7 @@ class TimingPolicy:
     target_ci_rel_width: float = 0.01  # stop once the 95% CI of the median is this narrow
     energy_idle_seconds: float = 0.0  # idle power window before each job; 0 disables
     energy_min_window_s: float = 1.0  # shorter timed windows give "unavailable" energy
+    block_min_ns: int = 100_000  # calls faster than this are timed in blocks (per-call mean per sample)
     slowdown_fraction: float = 0.0  # tests only: sleep this fraction of each iteration
 
     def to_dict(self) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def _overhead(model: str, input_path: str, iterations: int) -> dict[str, Any]:
             call()
         bare.append((now() - start) / iterations)
         result = runner.measure(call, policy)
-        ours.append(result["loop_wall_s"] * 1e9 / len(result["samples_s"]))
+        ours.append(result["loop_wall_s"] * 1e9 / (len(result["samples_s"]) * result["block_size"]))
     return {"bare_ns": min(bare), "runner_ns": min(ours), "overhead_ns": min(ours) - min(bare),
             "iterations": iterations}
 
