@@ -57,7 +57,7 @@ def artifact_dir(workload_id: str, fmt: str) -> Path:
     return cache_root() / "artifacts" / workload_id / f"{fmt}-{key}"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -122,7 +122,7 @@ def _export(workload_id: str, fmt: str, folder: Path) -> None:
     np.save(folder / "input.npy", example.numpy())
     np.save(folder / "reference_output.npy", reference.numpy())
     (folder / "meta.json").write_text(json.dumps({
-        "workload_id": workload_id, "format": fmt, "layout": layout, "sha256": _sha256(path),
+        "workload_id": workload_id, "format": fmt, "layout": layout, "sha256": file_sha256(path),
         "exported_at": time.time(), "definition_hash": definition_hash(),
     }, indent=2))
 

@@ -127,11 +127,9 @@ def check_address(address: str, security: Any, role: str = "client") -> str:
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from harness.artifacts import file_sha256
+
+    return file_sha256(path)
 
 
 def describe_artifact(artifact: Artifact, shared: bool) -> dict[str, Any]:

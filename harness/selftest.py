@@ -36,6 +36,27 @@ _FORMAT = {"torch": "torch", "onnxruntime": "onnx", "tflite": "tflite"}
 
 
 # ---------------------------------------------------------------- reference loops (subprocess side)
+def _bare_call(backend: str, model: str, array: Any) -> Any:
+    """``session.run`` or ``interpreter.invoke`` with no convbench code around it."""
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        feeds = {session.get_inputs()[0].name: array}
+        run = session.run
+        return lambda: run(None, feeds)
+    sys.path.insert(0, str(RUNNER_PATH.parent))
+    import runner
+
+    interpreter = runner._import_tflite()[0](model_path=model, num_threads=1)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], array)
+    return interpreter.invoke
+
+
 def _reference(backend: str, model: str, input_path: str, seconds: float) -> dict[str, Any]:
     import numpy as np
 
@@ -50,22 +71,7 @@ def _reference(backend: str, model: str, input_path: str, seconds: float) -> dic
         timer = tb.Timer(stmt="call()", globals={"call": call}, num_threads=1)
         measurement = timer.blocked_autorange(min_run_time=seconds)
         return {"median_s": measurement.median, "n": len(measurement.times), "method": "blocked_autorange"}
-    if backend == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-        feeds = {session.get_inputs()[0].name: array}
-
-        def call() -> None:
-            session.run(None, feeds)
-    else:
-        interpreter = runner._import_tflite()[0](model_path=model, num_threads=1)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], array)
-        call = interpreter.invoke
+    call = _bare_call(backend, model, array)
     now = time.perf_counter_ns
     for _ in range(5):
         call()
@@ -101,20 +107,7 @@ def _interleaved(backend: str, model: str, input_path: str, rounds: int, slice_s
         def reference() -> float:
             return timer.blocked_autorange(min_run_time=slice_s).median
     else:
-        if backend == "onnxruntime":
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-            feeds = {session.get_inputs()[0].name: array}
-            run = session.run
-
-            def bare() -> None:
-                run(None, feeds)
-        else:
-            bare = call  # interpreter.invoke itself
+        bare = _bare_call(backend, model, array) if backend == "onnxruntime" else call  # invoke itself
 
         def reference() -> float:
             now = time.perf_counter_ns
