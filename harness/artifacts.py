@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -76,15 +77,24 @@ def _load_cached(folder: Path, workload_id: str, fmt: str) -> Artifact | None:
 
 @contextlib.contextmanager
 def _quiet(log_path: Path) -> Iterator[None]:
-    """Send exporters' C++ and Python chatter to a log file instead of the terminal."""
+    """Send exporters' C++ and Python chatter to a log file instead of the terminal.
+
+    Both levels: file descriptors 1 and 2 (C++ logs) and sys.stdout/sys.stderr (Python
+    prints and progress bars, which may not be the descriptors, e.g. under a test runner).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with log_path.open("ab") as log, log_path.open("a") as text_log:
         saved = [os.dup(1), os.dup(2)]
         try:
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
-            yield
+            with contextlib.redirect_stdout(text_log), contextlib.redirect_stderr(text_log):
+                yield
         finally:
+            text_log.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             for fd in saved:

@@ -214,3 +214,14 @@ def test_interrupted_run_is_valid_and_marked(results_dir):
     info, records = read_run(measurements.parent)
     assert info["status"] == "interrupted" and 1 <= len(records) < 4
     assert all(json.loads(line) for line in measurements.read_text().splitlines())
+
+
+def test_exporter_chatter_stays_out_of_the_terminal(tmp_path, monkeypatch, results_dir):
+    monkeypatch.setenv("CONVBENCH_CACHE", str(tmp_path / "cache"))  # force a fresh export
+    result = CliRunner().invoke(main, ["run", "--workloads", "conv-separable-M8-N8-k3-x8-s1", "--backends",
+                                       "tflite", "--max-time", "0.1", "--min-time", "0"])
+    assert result.exit_code == 0, result.output
+    assert "exported conv-separable-M8-N8-k3-x8-s1 -> tflite" in result.output
+    assert "LiteRT-Torch Convert" not in result.output and "_pytree" not in result.output
+    logs = list((tmp_path / "cache").rglob("export.log"))
+    assert logs and "LiteRT-Torch" in logs[0].read_text()
