@@ -387,30 +387,25 @@ class AdbClient:
         local = os.fspath(local)
         if not os.path.exists(local):
             raise FileNotFoundError(local)
-        proc = self._run(["push", local, remote], timeout)
-        if proc.returncode != 0 or re.search(r"adb: error:", proc.stdout + proc.stderr):
-            self._raise_for_adb_error(proc, ["push", local, remote])
-            raise AdbCommandFailed(
-                f"adb push {local} {remote} failed: {_first_line(proc.stderr or proc.stdout)}",
-                exit_code=proc.returncode,
-                serial=self.serial,
-                stdout=proc.stdout,
-                stderr=proc.stderr,
-            )
+        self._transfer(["push", local, remote], f"adb push {local} {remote}", timeout)
 
     def pull(self, remote: str, local: str | os.PathLike[str], timeout: float | None = None) -> Path:
         local = os.fspath(local)
-        proc = self._run(["pull", remote, local], timeout)
+        self._transfer(["pull", remote, local], f"adb pull {remote}", timeout)
+        return Path(local)
+
+    def _transfer(self, args: list[str], what: str, timeout: float | None) -> None:
+        """Run push/pull; adb reports some failures only as "adb: error:" text, exit 0."""
+        proc = self._run(args, timeout)
         if proc.returncode != 0 or re.search(r"adb: error:", proc.stdout + proc.stderr):
-            self._raise_for_adb_error(proc, ["pull", remote, local])
+            self._raise_for_adb_error(proc, args)
             raise AdbCommandFailed(
-                f"adb pull {remote} failed: {_first_line(proc.stderr or proc.stdout)}",
+                f"{what} failed: {_first_line(proc.stderr or proc.stdout)}",
                 exit_code=proc.returncode,
                 serial=self.serial,
                 stdout=proc.stdout,
                 stderr=proc.stderr,
             )
-        return Path(local)
 
     def getprop(self, name: str, timeout: float | None = None) -> str:
         """A system property ('' when unset)."""

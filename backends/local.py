@@ -79,7 +79,13 @@ class LocalTransport(Transport):
         stderr_chunks: list[str] = []
         reader = threading.Thread(target=lambda: stderr_chunks.append(process.stderr.read()), daemon=True)
         reader.start()
-        timer = threading.Timer(batch_timeout(policy, len(items)), process.kill)
+        timed_out = threading.Event()
+
+        def kill_on_timeout() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(batch_timeout(policy, len(items)), kill_on_timeout)
         timer.start()
         try:
             for line in process.stdout:
@@ -95,9 +101,8 @@ class LocalTransport(Transport):
         if not session.remaining():
             return
         stderr = "".join(stderr_chunks).strip()[-STDERR_TAIL:]
-        timed_out = process.returncode is not None and process.returncode < 0 and not timer.is_alive()
         reason = f"runner exited with code {process.returncode}"
-        if process.returncode == -9 and timed_out:
+        if timed_out.is_set():
             reason = f"runner timed out after {batch_timeout(policy, len(items)):.0f}s"
         if stderr:
             reason += f": {stderr.splitlines()[-1]}"

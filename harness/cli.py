@@ -151,13 +151,7 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
     backend_list = plan.parse_list(backends)
     plan.validate_backends(backend_list)
     thread_list = plan.parse_threads(threads)
-    path = devices_file or devices_mod.default_devices_path()
-    if path.exists():
-        known = devices_mod.load_devices(path)
-    elif devices_file is not None:
-        raise UserError(f"{path}: no such devices file")
-    else:
-        known = {"local": devices_mod.local_device()}
+    known = _load_devices_or_local(devices_file)
     names = plan.parse_list(device_names) or (["local"] if "local" in known else list(known)[:1])
     selected = devices_mod.select(known, names)
 

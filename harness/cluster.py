@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Artifact, Job, TimingPolicy, error_record
+from harness.artifacts import file_sha256
 from harness.errors import UserError
 
 RESOURCE_PREFIX = "device-"
@@ -126,18 +127,12 @@ def check_address(address: str, security: Any, role: str = "client") -> str:
 # ---------------------------------------------------------------- artifacts (controller side)
 
 
-def _file_sha256(path: Path) -> str:
-    from harness.artifacts import file_sha256
-
-    return file_sha256(path)
-
-
 def describe_artifact(artifact: Artifact, shared: bool) -> dict[str, Any]:
     """What a worker needs to find or rebuild an artifact: names, sha256s (and paths if shared)."""
     files = {}
     for role, path in (("model", artifact.path), ("input", artifact.input_path),
                        ("reference", artifact.reference_output_path)):
-        entry = {"name": path.name, "sha256": artifact.sha256 if role == "model" else _file_sha256(path)}
+        entry = {"name": path.name, "sha256": artifact.sha256 if role == "model" else file_sha256(path)}
         if shared:
             entry["path"] = str(path)
         files[role] = entry
@@ -196,7 +191,7 @@ def materialize(desc: Mapping[str, Any], payload: Mapping[str, Any] | None) -> A
             if not path.is_file():
                 raise ArtifactUnavailable(f"{path} is not on this worker: the shared cache "
                                           "(CONVBENCH_SHARED_CACHE) must be mounted at the same path on every host")
-            if role == "model" and _file_sha256(path) != desc["sha256"]:
+            if role == "model" and file_sha256(path) != desc["sha256"]:
                 raise ArtifactUnavailable(f"{path} on this worker differs from the controller's (sha256)")
         return _as_artifact(desc, paths)
     folder = _cached_folder(desc)

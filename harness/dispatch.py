@@ -92,7 +92,7 @@ def _run_device(work: DeviceWork, artifacts: Mapping[str, Mapping[str, Artifact]
             if not runnable:
                 continue
             on_state(device.name, f"{runnable[0].backend} t{runnable[0].threads}")
-            lock = LOCAL_LOCK if device.transport == "local" else _NullLock()
+            lock = LOCAL_LOCK if device.transport == "local" else contextlib.nullcontext()
             with lock:
                 transport.run_batch(runnable, artifacts[runnable[0].backend], policy, emit)
         on_state(device.name, "done" if not stop.is_set() else "stopped")
@@ -106,14 +106,6 @@ def _run_device(work: DeviceWork, artifacts: Mapping[str, Mapping[str, Artifact]
         if transport is not None:
             with contextlib.suppress(Exception):
                 transport.close()
-
-
-class _NullLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def dispatch(work: list[DeviceWork], artifacts: Mapping[str, Mapping[str, Artifact]], policy: TimingPolicy,

@@ -72,16 +72,22 @@ def _reference(backend: str, model: str, input_path: str, seconds: float) -> dic
         measurement = timer.blocked_autorange(min_run_time=seconds)
         return {"median_s": measurement.median, "n": len(measurement.times), "method": "blocked_autorange"}
     call = _bare_call(backend, model, array)
-    now = time.perf_counter_ns
     for _ in range(5):
         call()
+    median_s, n = _bare_loop(call, seconds)
+    return {"median_s": median_s, "n": n, "method": "perf_counter_ns loop"}
+
+
+def _bare_loop(call: Any, seconds: float) -> tuple[float, int]:
+    """Median seconds per call of a bare perf_counter_ns loop, and the sample count."""
+    now = time.perf_counter_ns
     samples = []
     end = now() + int(seconds * 1e9)
     while now() < end:
         t0 = now()
         call()
         samples.append(now() - t0)
-    return {"median_s": statistics.median(samples) / 1e9, "n": len(samples), "method": "perf_counter_ns loop"}
+    return statistics.median(samples) / 1e9, len(samples)
 
 
 def _interleaved(backend: str, model: str, input_path: str, rounds: int, slice_s: float) -> dict[str, Any]:
@@ -110,14 +116,7 @@ def _interleaved(backend: str, model: str, input_path: str, rounds: int, slice_s
         bare = _bare_call(backend, model, array) if backend == "onnxruntime" else call  # invoke itself
 
         def reference() -> float:
-            now = time.perf_counter_ns
-            samples = []
-            end = now() + int(slice_s * 1e9)
-            while now() < end:
-                t0 = now()
-                bare()
-                samples.append(now() - t0)
-            return statistics.median(samples) / 1e9
+            return _bare_loop(bare, slice_s)[0]
 
     policy = {"warmup_runs": 3, "warmup_seconds": 0.1, "min_runs": 5, "min_seconds": slice_s,
               "max_seconds": slice_s, "target_ci_rel_width": 0.0}

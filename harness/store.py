@@ -110,13 +110,14 @@ def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     records: list[dict[str, Any]] = []
     measurements = path / MEASUREMENTS_FILE
     if measurements.exists():
-        for number, line in enumerate(measurements.read_text().splitlines(), start=1):
+        lines = measurements.read_text().splitlines()
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                if number == len(measurements.read_text().splitlines()):
+                if number == len(lines):
                     continue
                 raise UserError(f"{measurements}:{number}: corrupt record ({exc})") from exc
     return info, records
