@@ -215,8 +215,8 @@ def test_busy_machine_makes_a_verdict_inconclusive(tmp_path):
 #
 # The slowdown must be flagged by the statistics (A2 vs S).  A shared or virtual machine
 # can change speed by tens of percent from one second to the next without any process
-# to blame (the hypervisor), so the quadruple counts only when A1, A2 and A3 (which bracket
-# S) agree pairwise within STABLE; without such a quadruple in ATTEMPTS tries both tests
+# to blame (the hypervisor), so a try counts only when A1, A2 and A3 (which bracket S)
+# agree pairwise and S agrees with a repeat S', all within STABLE; without such a quadruple in ATTEMPTS tries both tests
 # skip with the measured drifts (machine noise is not a missing component).  How small
 # a slowdown is caught is measured separately (see the
 # issue-5 notes); this test proves the mechanism end to end.
@@ -261,13 +261,18 @@ def busiest(*runs: Path) -> float:
 
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory):
-    """(results dir, A1, A2, S, A3, drifts of every try) ending with the first stable quadruple."""
+    """(results dir, A1, A2, S, A3, drifts of every try) ending with the first stable try.
+
+    Each try runs A1, A2, S, S', A3; S' only checks that S was measured on a steady machine.
+    """
     drifts = []
     for _ in range(ATTEMPTS):
         root = tmp_path_factory.mktemp("calibration")
-        a1, a2, slowed, a3 = (measure(root, slowdown) for slowdown in (0.0, 0.0, SLOWDOWN, 0.0))
-        # Stable means the three unslowed runs agree pairwise, so A1 vs A2 is a true A/A.
-        drifts.append(max(drift(a1, a2), drift(a1, a3), drift(a2, a3)))
+        a1, a2, slowed, slowed_again, a3 = (measure(root, slowdown)
+                                            for slowdown in (0.0, 0.0, SLOWDOWN, SLOWDOWN, 0.0))
+        # Stable means the three unslowed runs agree pairwise, so A1 vs A2 is a true A/A,
+        # and the two slowed runs agree, so S did not land in a burst of hypervisor noise.
+        drifts.append(max(drift(a1, a2), drift(a1, a3), drift(a2, a3), drift(slowed, slowed_again)))
         if drifts[-1] <= STABLE:
             break
     return root, a1, a2, slowed, a3, drifts
