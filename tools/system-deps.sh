@@ -3,7 +3,7 @@
 # bubblewrap (sandboxes for the loopback phone and the emulated board), qemu-user
 # and mmdebstrap (the arm64 board image), chromium (the report's browser check).
 set -eu
-PACKAGES="openssh-server adb bubblewrap qemu-user-static binfmt-support mmdebstrap chromium"
+PACKAGES="openssh-server adb bubblewrap qemu-user-static binfmt-support mmdebstrap arch-test chromium"
 missing=""
 for pkg in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"

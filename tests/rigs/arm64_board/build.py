@@ -46,6 +46,8 @@ IMAGE_PACKAGES = ("python3", "python3-pip", "openssh-server", "procps", "coreuti
 # Host tools -> Debian package providing them.
 HOST_TOOLS = {
     "mmdebstrap": "mmdebstrap",
+    # mmdebstrap only recommends arch-test, but refuses a foreign --arch without it.
+    "arch-test": "arch-test",
     "qemu-aarch64-static": "qemu-user-static",
     "update-binfmts": "binfmt-support",
     "bwrap": "bubblewrap",
