@@ -31,7 +31,6 @@ quoted: they travel through the sync protocol literally, not through a shell.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import re
 import shlex
@@ -43,6 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from backends import runner
 from backends.base import DeviceError
 
 UNAUTHORIZED_HELP = (
@@ -458,58 +458,13 @@ class PowerSample(NamedTuple):
     voltage_unit: str  # "uV" | "mV" | "V"
 
 
-def current_unit(raw: float) -> str:
-    """Guess the unit of a ``current_now`` reading from its magnitude.
-
-    The kernel ABI says microamps, but some vendors report milliamps.  A phone running
-    a benchmark draws 50 mA .. 8 A: in microamps that is >= 10 000, in milliamps < 10 000.
-    Readings of exactly 0 are treated as microamps.
-    """
-    magnitude = abs(raw)
-    if magnitude >= 10_000 or magnitude == 0:
-        return "uA"
-    if magnitude >= 10:
-        return "mA"
-    return "A"
-
-
-def voltage_unit(raw: float) -> str:
-    """Guess the unit of a ``voltage_now`` reading: a battery sits at 2.5 .. 20 V."""
-    magnitude = abs(raw)
-    if magnitude >= 100_000:
-        return "uV"
-    if magnitude >= 100:
-        return "mV"
-    return "V"
-
-
-_SCALE = {"uA": 1e-6, "mA": 1e-3, "A": 1.0, "uV": 1e-6, "mV": 1e-3, "V": 1.0}
-
-
 def power_supply_units(current_raw: float | str, voltage_raw: float | str) -> PowerSample:
-    """Convert raw ``current_now``/``voltage_now`` values to amps, volts and watts.
+    """Raw ``current_now``/``voltage_now`` in SI units, by the runner's one unit rule.
 
-    Units are detected from the magnitudes (see ``current_unit``/``voltage_unit``);
-    power is the absolute product (the sign of current_now differs between vendors:
-    negative while discharging on some, positive on others).
+    The rule lives in ``backends/runner.py`` (``power_supply_units``) because boards read
+    the same sysfs files through the runner; both sides must agree on what 15000 means.
     """
-    current = float(str(current_raw).strip())
-    voltage = float(str(voltage_raw).strip())
-    cu = current_unit(current)
-    vu = voltage_unit(voltage)
-    amps = current * _SCALE[cu]
-    volts = voltage * _SCALE[vu]
-    return PowerSample(amps, volts, abs(amps * volts), cu, vu)
+    return PowerSample(*runner.power_supply_units(current_raw, voltage_raw))
 
 
-def integrate_energy(samples: Sequence[tuple[float, float]]) -> float:
-    """Energy in joules from ``[(t_seconds, watts), ...]`` by the trapezoid rule.
-
-    Samples must be in time order; fewer than two give 0.0.
-    """
-    total = 0.0
-    for (t0, w0), (t1, w1) in itertools.pairwise(samples):
-        if t1 < t0:
-            raise ValueError(f"samples are not in time order: {t1} after {t0}")
-        total += (t1 - t0) * (w0 + w1) / 2.0
-    return total
+integrate_energy = runner.integrate_power  # joules from time-ordered (t_seconds, watts) samples

@@ -23,7 +23,6 @@ an error record for the job it was running and ``DeviceError`` for the rest.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
 import re
@@ -56,6 +55,7 @@ from backends.base import (
 )
 from backends.benchmark_model import BenchmarkModelResult, TimingStats, parse_benchmark_output, timing_event
 from backends.protocol import base_record
+from backends.runner import file_sha256
 
 REMOTE_DIR = "/data/local/tmp/convbench"
 ON_DEVICE_PREFIXES = ("/data/", "/system/")
@@ -311,14 +311,6 @@ def _without_pid(text: str) -> str:
     return "".join(line for line in text.splitlines(keepends=True) if not line.startswith(PID_MARKER))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # -- battery sampling -------------------------------------------------------------------------
 
 
@@ -545,7 +537,7 @@ class AndroidTransport(Transport):
         try:
             if local.is_file():
                 remote = f"{REMOTE_DIR}/benchmark_model"
-                self._binary_sha256 = _sha256(local)
+                self._binary_sha256 = file_sha256(local)
                 self._push(local, remote, self._binary_sha256)
                 self._shell(quote_args(["chmod", "755", remote]), check=True)
             elif text.startswith(ON_DEVICE_PREFIXES):
@@ -670,7 +662,7 @@ class AndroidTransport(Transport):
         return record
 
     def _push_model(self, artifact: Artifact) -> str:
-        sha = artifact.sha256 or _sha256(Path(artifact.path))
+        sha = artifact.sha256 or file_sha256(artifact.path)
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", artifact.workload_id)
         remote = f"{REMOTE_DIR}/models/{safe}-{sha[:12]}.tflite"
         self._push(Path(artifact.path), remote, sha)
@@ -828,7 +820,7 @@ class AndroidTransport(Transport):
             window = (started, ended, runs, "the whole benchmark_model process (no timing lines seen)")
         t0, t1, runs, what = window
         span = t1 - t0
-        energy.update(window_s=span, window=what, runs=runs)
+        energy.update(window_s=span, window=what, inferences=runs)
         slack = 3 * max(interval or 0.0, sampler.period_s)
         covering = [s for s in samples if t0 - slack <= s[0] <= t1 + slack]
         if span < policy.energy_min_window_s:

@@ -43,7 +43,9 @@ def make_plan(
         "policy": policy.to_dict(),
         "sysfs_root": sysfs_root,
         "energy": dict(energy or {"sensor": "auto"}),
-        "items": [{"job_id": i.job.job_id, "model": i.model, "input": i.input, "output": i.output}
+        "items": [{"job_id": i.job.job_id, "model": i.model, "input": i.input, "output": i.output,
+                   # a block size fixed by an earlier run keeps the statistic comparable
+                   "block_size": i.job.options.get("block_size")}
                   for i in items],
     }
 

@@ -15,12 +15,23 @@ object per line: first ``{"type": "hello", ...}`` with the device fingerprint an
 runtime version, then ``{"type": "result", ...}`` per item as soon as it finishes.
 A failing item yields a result with ``error``; the runner goes on with the next.
 
-Timing: ``time.perf_counter_ns`` around the runtime call only; on CUDA, CUDA events
-recorded around the call with a synchronisation after each iteration (host timers
-around asynchronous launches would measure the launch, not the kernel).
+Timing: ``time.perf_counter_ns`` around the runtime call only, with the garbage
+collector off (as timeit and pyperf do); on CUDA, CUDA events recorded around the call
+with a synchronisation after each iteration (host timers around asynchronous launches
+would measure the launch, not the kernel), and the untimed first call and warm-up are
+synchronised too.  Calls under ``block_min_ns`` are timed in blocks of a power-of-two
+number of calls, each sample being the per-call mean of one block; the plan can fix the
+block size so that repeated runs summarise the same statistic.
+
+Memory: each item runs in a fresh process of this runner (``runner.py --item``), so an
+item's peak RSS is its own model's (no earlier model still resident), and
+``baseline_rss_bytes`` is that process's footprint once the runtime is imported and
+before the model is loaded (interpreter + numpy + runtime).
 """
 
+import gc
 import glob
+import hashlib
 import json
 import math
 import os
@@ -31,7 +42,7 @@ import threading
 import time
 import traceback
 
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2
 
 
 # ---------------------------------------------------------------- statistics
@@ -53,6 +64,15 @@ def _median(sorted_samples):
     n = len(sorted_samples)
     mid = n // 2
     return sorted_samples[mid] if n % 2 else (sorted_samples[mid - 1] + sorted_samples[mid]) / 2.0
+
+
+def file_sha256(path, chunk=1 << 20):
+    """Hex sha256 of a file's content, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- sysfs sensors
@@ -192,23 +212,84 @@ class SampledSensor:
 
 
 def integrate_power(samples):
-    """Joules from (time_s, watts) samples by the trapezoid rule."""
+    """Joules from (time_s, watts) samples in time order, by the trapezoid rule.
+
+    Fewer than two samples give 0.0.
+    """
     total = 0.0
     for (t0, p0), (t1, p1) in zip(samples, samples[1:]):
+        if t1 < t0:
+            raise ValueError("samples are not in time order: %r after %r" % (t1, t0))
         total += (t1 - t0) * (p0 + p1) / 2.0
     return total
 
 
-def power_supply_watts(current_raw, voltage_raw):
-    """Watts from power_supply current_now/voltage_now, whose units vary by driver.
+_SI_SCALE = {"uA": 1e-6, "mA": 1e-3, "A": 1.0, "uV": 1e-6, "mV": 1e-3, "V": 1.0}
 
-    The ABI says microamps and microvolts, but some phones report milliamps and
-    millivolts.  A battery's voltage is 2.5-5 V (or 5-20 V at a USB input) and its
-    current under 20 A, which tells the scales apart.
+
+def current_unit(raw):
+    """The unit of a power_supply ``current_now`` reading, told from its magnitude.
+
+    The kernel ABI says microamps; some vendors' drivers report milliamps.  A device
+    running a benchmark draws 10 mA .. 8 A: in microamps that is >= 10 000, in milliamps
+    10 .. 8000 (readings under 10 can only be amps).  0 is taken as microamps.
     """
-    volts = voltage_raw / 1e6 if abs(voltage_raw) > 100_000 else voltage_raw / 1e3
-    amps = current_raw / 1e6 if abs(current_raw) > 20_000 else current_raw / 1e3
-    return abs(volts * amps)
+    magnitude = abs(raw)
+    if magnitude >= 10000 or magnitude == 0:
+        return "uA"
+    if magnitude >= 10:
+        return "mA"
+    return "A"
+
+
+def voltage_unit(raw):
+    """The unit of a ``voltage_now`` reading: a battery or USB input sits at 2.5 .. 20 V."""
+    magnitude = abs(raw)
+    if magnitude >= 100000:
+        return "uV"
+    if magnitude >= 100:
+        return "mV"
+    return "V"
+
+
+def power_supply_units(current_raw, voltage_raw):
+    """(amps, volts, watts, current unit, voltage unit) from raw current_now/voltage_now.
+
+    Power is the absolute product: the sign of current_now differs between vendors
+    (negative while discharging on some, positive on others).
+    """
+    current, voltage = float(str(current_raw).strip()), float(str(voltage_raw).strip())
+    cu, vu = current_unit(current), voltage_unit(voltage)
+    amps, volts = current * _SI_SCALE[cu], voltage * _SI_SCALE[vu]
+    return amps, volts, abs(amps * volts), cu, vu
+
+
+def power_supply_watts(current_raw, voltage_raw):
+    return power_supply_units(current_raw, voltage_raw)[2]
+
+
+class MultiCounterSensor:
+    """Several cumulative counters (one per RAPL package), each wrapping on its own range."""
+
+    kind = "counter"
+
+    def __init__(self, name, resolution, counters):
+        self.name, self.resolution = name, resolution
+        self._counters = counters  # [(label, read_joules, max_joules or None)]
+
+    def start(self):
+        self._start = [read() for _, read, _ in self._counters]
+
+    def stop(self):
+        total = 0.0
+        for (label, read, max_joules), start in zip(self._counters, self._start):
+            delta = read() - start
+            if delta < 0:  # this package's counter wrapped around
+                if not max_joules:
+                    raise EnergyUnavailable("%s counter went backwards" % label)
+                delta += max_joules
+            total += delta
+        return total
 
 
 def _rapl_sensor(sysfs_root):
@@ -221,12 +302,23 @@ def _rapl_sensor(sysfs_root):
             reason = "RAPL energy_uj is not readable (needs root on recent kernels)"
         raise EnergyUnavailable(reason)
 
-    def read():
-        return sum(_read_int(os.path.join(d, "energy_uj")) for d in readable) / 1e6
+    def reader(domain):
+        path = os.path.join(domain, "energy_uj")
 
-    max_range = sum((_read_int(os.path.join(d, "max_energy_range_uj")) or 0) for d in readable) / 1e6
-    names = ",".join(_read(os.path.join(d, "name"), os.path.basename(d)) for d in readable)
-    return CounterSensor("rapl:" + names, "1 uJ counter", read, max_range or None)
+        def read():
+            value = _read_int(path)
+            if value is None:
+                raise EnergyUnavailable("%s became unreadable" % path)
+            return value / 1e6
+
+        return read
+
+    counters = []
+    for d in readable:
+        label = _read(os.path.join(d, "name"), os.path.basename(d))
+        max_range = (_read_int(os.path.join(d, "max_energy_range_uj")) or 0) / 1e6
+        counters.append(("rapl:" + label, reader(d), max_range or None))
+    return MultiCounterSensor("rapl:" + ",".join(c[0][5:] for c in counters), "1 uJ counter", counters)
 
 
 def _hwmon_sensor(sysfs_root, path=None):
@@ -353,10 +445,16 @@ class Runtime:
     name = "abstract"
     provider = None
     timer = "perf_counter_ns"
+    # What the timed call covers: "compute" when inputs and outputs already live where the
+    # runtime computes, "compute+copies" when host<->device copies happen inside it.
+    timer_covers = "compute"
 
     def __init__(self, plan):
         self.threads = int(plan.get("threads", 1))
         self.device = plan.get("device", "cpu")
+
+    def sync(self):
+        """Wait until the device has finished all queued work (no-op for synchronous runtimes)."""
 
     def version(self):
         raise NotImplementedError
@@ -411,6 +509,10 @@ class TorchRuntime(Runtime):
             self._out = infer(example)
 
         return call
+
+    def sync(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
 
     def make_cuda_timer(self):
         torch = self.torch
@@ -472,18 +574,40 @@ class OnnxRuntime(Runtime):
         if self.device == "cuda" and self.provider != "CUDAExecutionProvider":
             raise RuntimeError("onnxruntime fell back to %s instead of CUDA" % self.provider)
         name = session.get_inputs()[0].name
+        if self.device == "cuda":
+            return self._bind_on_device(session, name, input_array)
         feeds = {name: input_array}
         run = session.run
-        # session.run is synchronous on every provider: it returns host copies of the
-        # outputs, so a host timer around it covers the device work too.
 
         def call():
             self._out = run(None, feeds)
 
+        self._read_output = lambda: self._out[0]
+        return call
+
+    def _bind_on_device(self, session, name, input_array):
+        """Input and output bound to device buffers, so the timer covers compute, not copies.
+
+        ``run_with_iobinding`` synchronises the execution providers when it returns (the
+        default run options), and ``synchronize_outputs`` makes that explicit.
+        """
+        binding = session.io_binding()
+        device_input = self.ort.OrtValue.ortvalue_from_numpy(input_array, "cuda", 0)
+        binding.bind_ortvalue_input(name, device_input)
+        binding.bind_output(session.get_outputs()[0].name, "cuda", 0)
+        run = session.run_with_iobinding
+        finish = binding.synchronize_outputs
+        self._device_input = device_input  # keep the device buffer alive
+
+        def call():
+            run(binding)
+            finish()
+
+        self._read_output = lambda: binding.copy_outputs_to_cpu()[0]
         return call
 
     def output(self):
-        return self._out[0]
+        return self._read_output()
 
 
 class TfliteRuntime(Runtime):
@@ -557,86 +681,132 @@ def _spin_until(deadline_ns):
         pass
 
 
-def measure(call, policy, cuda_timer=None):
-    """Warm up, then time ``call`` until the median's CI is narrow enough or time runs out."""
+MAX_BLOCK = 8192
+
+
+def choose_block_size(fastest_ns, block_min_ns):
+    """Calls per timed block: the largest power of two whose block lasts about block_min_ns.
+
+    A timer read costs ~0.1-0.5 us; calls that short are timed in blocks so the timers do
+    not dominate.  Powers of two keep the choice stable when the warm-up's fastest call
+    varies by a few percent from run to run.
+    """
+    block = 1
+    while block * 2 <= MAX_BLOCK and block * 2 * max(1, fastest_ns) <= block_min_ns:
+        block *= 2
+    return block
+
+
+class _GcDisabled:
+    """The garbage collector off for the timed loop, as timeit and pyperf do."""
+
+    def __enter__(self):
+        self._was_enabled = gc.isenabled()
+        gc.collect()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        if self._was_enabled:
+            gc.enable()
+
+
+def measure(call, policy, cuda_timer=None, sync=None, block_size=None):
+    """Warm up, then time ``call`` until the median's CI is narrow enough or time runs out.
+
+    ``sync`` waits for the device to finish (CUDA); it runs after the untimed first call
+    and warm-up calls so that queued work never spills into the timed loop.  A given
+    ``block_size`` is used as is (so runs summarise the same statistic); otherwise it is
+    chosen from the fastest warm-up call.
+    """
     now = time.perf_counter_ns
     slowdown = float(policy.get("slowdown_fraction", 0.0))
+    sync = sync or (lambda: None)
 
-    start = now()
-    call()
-    first_ns = now() - start
-
-    warm_deadline = now() + int(float(policy.get("warmup_seconds", 0.2)) * 1e9)
-    warm_runs = int(policy.get("warmup_runs", 3))
-    done = 0
-    warm_cap = now() + int(float(policy.get("max_seconds", 5.0)) * 0.5e9)
-    fastest = first_ns
-    while (done < warm_runs or now() < warm_deadline) and now() < warm_cap:
-        t0 = now()
+    with _GcDisabled():
+        start = now()
         call()
-        fastest = min(fastest, now() - t0)
-        done += 1
+        sync()
+        first_ns = now() - start
 
-    # A timer read costs ~0.1-0.5 us; for calls that short, time blocks of calls and
-    # record the per-call mean of each block (as timeit does), so the timers do not
-    # dominate what is measured.  CUDA events time every call.
-    block_ns = int(policy.get("block_min_ns", 100000))
-    block = 1 if cuda_timer is not None else max(1, min(10000, block_ns // max(1, fastest)))
-
-    min_runs = int(policy.get("min_runs", 10))
-    max_runs = int(policy.get("max_runs", 100000))
-    min_ns = int(float(policy.get("min_seconds", 0.5)) * 1e9)
-    max_ns = int(float(policy.get("max_seconds", 5.0)) * 1e9)
-    target = float(policy.get("target_ci_rel_width", 0.01))
-
-    samples = []
-    append = samples.append
-    next_check = min_runs
-    loop_start = now()
-    stop_reason = "max_runs"
-    calls = range(block)
-    while len(samples) < max_runs:
-        if cuda_timer is not None:
-            append(cuda_timer(call))
-        elif block == 1:
+        warm_deadline = now() + int(float(policy.get("warmup_seconds", 0.2)) * 1e9)
+        warm_runs = int(policy.get("warmup_runs", 3))
+        done = 0
+        warm_cap = now() + int(float(policy.get("max_seconds", 5.0)) * 0.5e9)
+        fastest = first_ns
+        while (done < warm_runs or now() < warm_deadline) and now() < warm_cap:
             t0 = now()
             call()
-            t1 = now()
-            if slowdown:
-                t1 += int((t1 - t0) * slowdown)
-                _spin_until(t1)
-            append(t1 - t0)
+            sync()
+            fastest = min(fastest, now() - t0)
+            done += 1
+
+        if cuda_timer is not None:
+            block, block_source = 1, "cuda events time every call"
+        elif block_size:
+            block, block_source = max(1, int(block_size)), "fixed by the plan"
         else:
-            t0 = now()
-            for _ in calls:
+            block = choose_block_size(fastest, int(policy.get("block_min_ns", 100000)))
+            block_source = "chosen from the warm-up"
+
+        min_runs = int(policy.get("min_runs", 10))
+        max_runs = int(policy.get("max_runs", 100000))
+        min_ns = int(float(policy.get("min_seconds", 0.5)) * 1e9)
+        max_ns = int(float(policy.get("max_seconds", 5.0)) * 1e9)
+        target = float(policy.get("target_ci_rel_width", 0.01))
+
+        samples = []
+        append = samples.append
+        next_check = min_runs
+        loop_start = now()
+        stop_reason = "max_runs"
+        calls = range(block)
+        while len(samples) < max_runs:
+            if cuda_timer is not None:
+                append(cuda_timer(call))
+            elif block == 1:
+                t0 = now()
                 call()
-            t1 = now()
-            if slowdown:
-                t1 += int((t1 - t0) * slowdown)
-                _spin_until(t1)
-            append((t1 - t0) / block)
-        if len(samples) >= next_check:
-            elapsed = now() - loop_start
-            if elapsed >= max_ns:
-                stop_reason = "max_seconds"
-                break
-            if elapsed >= min_ns:
-                ordered = sorted(samples)
-                lo, hi = median_ci(ordered)
-                med = _median(ordered)
-                if med > 0 and (hi - lo) / med <= target:
-                    stop_reason = "converged"
+                t1 = now()
+                if slowdown:
+                    t1 += int((t1 - t0) * slowdown)
+                    _spin_until(t1)
+                append(t1 - t0)
+            else:
+                t0 = now()
+                for _ in calls:
+                    call()
+                t1 = now()
+                if slowdown:
+                    t1 += int((t1 - t0) * slowdown)
+                    _spin_until(t1)
+                append((t1 - t0) / block)
+            if len(samples) >= next_check:
+                elapsed = now() - loop_start
+                if elapsed >= max_ns:
+                    stop_reason = "max_seconds"
                     break
-            # Check about every 10% more samples: sorting stays O(total), and off the clock.
-            next_check = len(samples) + max(1, len(samples) // 10)
-    wall_ns = now() - loop_start
+                if elapsed >= min_ns:
+                    ordered = sorted(samples)
+                    lo, hi = median_ci(ordered)
+                    med = _median(ordered)
+                    if med > 0 and (hi - lo) / med <= target:
+                        stop_reason = "converged"
+                        break
+                # Check about every 10% more samples: sorting stays O(total), and off the clock.
+                next_check = len(samples) + max(1, len(samples) // 10)
+        wall_ns = now() - loop_start
     return {
         "first_inference_s": first_ns / 1e9,
         "warmup_runs": done,
         "samples_s": [s / 1e9 for s in samples],
         "block_size": block,
+        "block_size_source": block_source,
+        "sample_statistic": "per-call time" if block == 1 else "per-call mean of a block of %d calls" % block,
+        # Every inference the runtime ran while measuring: the first, warm-up and timed calls.
+        "inferences": 1 + done + len(samples) * block,
         "loop_wall_s": wall_ns / 1e9,
         "stop_reason": stop_reason,
+        "gc_disabled": True,
     }
 
 
@@ -691,8 +861,12 @@ def _emit(doc):
     sys.stdout.flush()
 
 
-def _energy(sensor_spec, sysfs_root, policy, call, timing_fn):
-    """Run timing_fn under an energy sensor; returns (timing, energy dict)."""
+def _energy(sensor_spec, sysfs_root, policy, timing_fn):
+    """Run timing_fn once under an energy sensor; returns (timing, energy dict).
+
+    The measurement is never repeated: a sensor that fails at start or stop only costs
+    the energy figure, which is then reported unavailable with the reason.
+    """
     try:
         sensor = open_energy_sensor(sensor_spec, sysfs_root)
     except EnergyUnavailable as exc:
@@ -705,28 +879,35 @@ def _energy(sensor_spec, sysfs_root, policy, call, timing_fn):
             time.sleep(idle_s)
             idle_watts = sensor.stop() / idle_s
         sensor.start()
-        window_start = time.monotonic()
-        timing = timing_fn()
+    except Exception as exc:  # sensors raise OSError, ValueError, EnergyUnavailable...
+        return timing_fn(), {"status": "unavailable", "sensor": sensor.name,
+                             "reason": "sensor failed before measuring: %s: %s" % (type(exc).__name__, exc)}
+    window_start = time.monotonic()
+    timing = timing_fn()
+    try:
         joules = sensor.stop()
-        window = time.monotonic() - window_start
-    except EnergyUnavailable as exc:
-        return timing_fn(), {"status": "unavailable", "sensor": sensor.name, "reason": str(exc)}
-    runs = len(timing["samples_s"]) + timing["warmup_runs"] + 1
+    except Exception as exc:
+        return timing, {"status": "unavailable", "sensor": sensor.name,
+                        "reason": "sensor failed at the end of the window: %s: %s" % (type(exc).__name__, exc)}
+    window = time.monotonic() - window_start
+    inferences = timing["inferences"]
     energy = {"sensor": sensor.name, "resolution": sensor.resolution, "window_s": window,
-              "joules": joules, "runs": runs, "idle_watts": idle_watts}
+              "joules": joules, "inferences": inferences, "idle_watts": idle_watts,
+              "covers": "first, warm-up and timed inferences"}
     min_window = float(policy.get("energy_min_window_s", 1.0))
     if window < min_window:
         energy.update(status="unavailable",
                       reason="measured window %.3fs is shorter than the %.1fs minimum" % (window, min_window))
     elif idle_watts is None:
-        energy.update(status="ok", joules_per_inference=joules / runs, idle_subtracted=False)
+        energy.update(status="ok", joules_per_inference=joules / inferences, idle_subtracted=False)
     else:
-        energy.update(status="ok", joules_per_inference=max(0.0, joules - idle_watts * window) / runs,
+        energy.update(status="ok", joules_per_inference=max(0.0, joules - idle_watts * window) / inferences,
                       idle_subtracted=True)
     return timing, energy
 
 
-def run_item(runtime, item, plan):
+def measure_item(runtime, item, plan, isolation="shared process"):
+    """Load one item's model, measure it, save its output; never raises."""
     import numpy as np
 
     sysfs_root = plan.get("sysfs_root", "/sys")
@@ -734,7 +915,7 @@ def run_item(runtime, item, plan):
     result = {"type": "result", "job_id": item["job_id"], "thermal_before": system_state(sysfs_root)}
     try:
         input_array = np.load(item["input"])
-        baseline = current_rss_bytes()
+        baseline = current_rss_bytes()  # runtime imported, model not yet loaded
         peak_reset = reset_peak_rss()
         start = time.perf_counter_ns()
         call = runtime.load(item["model"], input_array)
@@ -745,19 +926,21 @@ def run_item(runtime, item, plan):
             energy_spec["sensor"] = "nvml"
         busy = BusyMeter()
         busy.start()
-        timing, energy = _energy(energy_spec, sysfs_root, policy, call,
-                                 lambda: measure(call, policy, cuda_timer))
+        timing, energy = _energy(energy_spec, sysfs_root, policy,
+                                 lambda: measure(call, policy, cuda_timer, runtime.sync, item.get("block_size")))
         result["other_cpu_cores"] = busy.stop()
         result.update(timing)
         result["energy"] = energy
         result["timer"] = runtime.timer
+        result["timer_covers"] = runtime.timer_covers
         result["provider"] = runtime.provider
         peak = peak_rss_bytes()
         result["memory"] = {
             "peak_rss_bytes": peak,
             "baseline_rss_bytes": baseline,
-            "rss_increase_bytes": (peak - baseline) if (peak_reset and baseline is not None) else None,
+            "rss_increase_bytes": max(0, peak - baseline) if (peak_reset and baseline is not None) else None,
             "peak_is_per_item": peak_reset,
+            "isolation": isolation,
             "gpu_peak_bytes": runtime.gpu_peak_bytes(),
         }
         if item.get("output"):
@@ -767,6 +950,54 @@ def run_item(runtime, item, plan):
         result["traceback"] = traceback.format_exc(limit=5)
     result["thermal_after"] = system_state(sysfs_root)
     return result
+
+
+def _run_item_in_fresh_process(item, plan):
+    """measure_item in a new process of this runner: its peak RSS is its own model's.
+
+    A process reused across items keeps earlier models' memory resident (allocators rarely
+    return it), and a forked child does not count library pages its parent faulted in;
+    a fresh process is what "this model alone" means.  Its stdout carries the result line;
+    its stderr goes to ours, so a crash still leaves its message for the transport.
+    """
+    import subprocess
+
+    child_plan = dict(plan, items=[item])
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--item"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, universal_newlines=True)
+    out, _ = proc.communicate(json.dumps(child_plan))
+    for line in reversed(out.splitlines()):
+        if line.startswith("{"):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if doc.get("type") == "result":
+                return doc
+    if proc.returncode < 0:
+        why = "the runtime crashed (signal %d) while measuring this item" % -proc.returncode
+    else:
+        why = "the measuring process exited with code %d and no result" % proc.returncode
+    return {"type": "result", "job_id": item["job_id"], "error": why}
+
+
+def run_item(runtime, item, plan):
+    if plan.get("isolate_items", True):
+        return _run_item_in_fresh_process(item, plan)
+    return measure_item(runtime, item, plan)
+
+
+def _item_main():
+    """``runner.py --item``: one item of a plan read from stdin, in this fresh process."""
+    plan = json.load(sys.stdin)
+    item = plan["items"][0]
+    try:
+        runtime = RUNTIMES[plan["runtime"]](plan)
+    except Exception as exc:
+        _emit({"type": "result", "job_id": item["job_id"], "error": "%s: %s" % (type(exc).__name__, exc)})
+        return 3
+    _emit(measure_item(runtime, item, plan, isolation="fresh process"))
+    return 0
 
 
 def check(options):
@@ -789,6 +1020,8 @@ def check(options):
 
 
 def main(argv):
+    if len(argv) == 2 and argv[1] == "--item":
+        return _item_main()
     if len(argv) == 3 and argv[1] == "--check":
         return check(json.loads(argv[2]) if argv[2] else {})
     if len(argv) != 2:

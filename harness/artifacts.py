@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from backends.base import Artifact
+from backends.runner import file_sha256
 
 FORMATS = ("torch", "onnx", "tflite")
 ONNX_OPSET = 18
@@ -56,14 +57,6 @@ def artifact_dir(workload_id: str, fmt: str) -> Path:
     versions = "-".join(f"{d}={_version(d)}" for d in _EXPORTER_DISTS[fmt])
     key = hashlib.sha256(f"{definition_hash()}|{fmt}|{versions}|opset{ONNX_OPSET}".encode()).hexdigest()[:16]
     return cache_root() / "artifacts" / workload_id / f"{fmt}-{key}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_cached(folder: Path, workload_id: str, fmt: str) -> Artifact | None:

@@ -118,7 +118,8 @@ def to_pytest_benchmark(run: Path, with_data: bool = False) -> tuple[dict[str, A
         stats = benchmark_stats(samples) if samples else _summary_stats(latency)
         if with_data and samples:
             stats["data"] = list(samples)
-        stats["iterations"] = 1
+        # Each sample is the per-call mean of a block of calls (pytest-benchmark's "iterations").
+        stats["iterations"] = int(record.get("block_size") or 1)
         workload = record.get("workload") or {}
         benchmarks.append({
             "group": f"{record.get('device')}/{record.get('backend')}/t{record.get('threads')}",
@@ -137,7 +138,8 @@ def to_pytest_benchmark(run: Path, with_data: bool = False) -> tuple[dict[str, A
                 "peak_rss_bytes": (record.get("memory") or {}).get("peak_rss_bytes"),
                 "run_id": info.get("run_id"),
             },
-            "options": {"disable_gc": False, "timer": record.get("timer") or "perf_counter_ns",
+            "options": {"disable_gc": bool(record.get("gc_disabled")),
+                        "timer": record.get("timer") or "perf_counter_ns",
                         "min_rounds": policy.get("min_runs"), "max_time": policy.get("max_seconds"),
                         "min_time": policy.get("min_seconds"), "warmup": bool(policy.get("warmup_runs", 1))},
             "stats": stats,

@@ -64,7 +64,10 @@ def finalize(record: dict[str, Any], artifact: Artifact | None) -> dict[str, Any
         return record
     samples = record.get("samples_s") or []
     if samples:
-        record["latency"] = summarize(samples).to_dict()
+        block = int(record.get("block_size") or 1)
+        record["latency"] = {**summarize(samples).to_dict(), "block_size": block,
+                             "statistic": "median of per-call times" if block == 1 else
+                             f"median of per-call means over blocks of {block} calls"}
     if not record.get("latency"):
         record.update(status=STATUS_ERROR, error="no latency samples were returned")
         return record

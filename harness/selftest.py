@@ -5,7 +5,11 @@
    ``interpreter.invoke`` (TFLite), on the same artifact, threads and machine;
 2. overhead: per-iteration time the runner's loop adds over a bare loop on a trivial model;
 3. quick-suite wall time with a warm artifact cache;
-4. samples needed by adaptive stopping vs a fixed 1000-sample run, with both CI widths.
+4. samples needed by adaptive stopping vs a fixed 1000-sample run, with both CI widths;
+5. block: a block-timed layer's median vs ``timeit`` on the same loaded model, interleaved;
+6. memory: a job's peak RSS (measured right after a large model, as in a real batch) vs a
+   fresh process that loads the same model alone;
+7. energy: J/inference under a constant-power sysfs sensor vs that power x per-call latency.
 
 Each reference measurement runs in its own fresh subprocess, as the runner does, and the
 two sides alternate (A B A B) so slow drift of a shared machine hits both alike.
@@ -33,6 +37,11 @@ AGREEMENT_WORKLOADS = {
 }
 TRIVIAL = "conv-pointwise-M1-N1-k1-x1-s1-nobn"
 _FORMAT = {"torch": "torch", "onnxruntime": "onnx", "tflite": "tflite"}
+PARTS = ("agreement", "overhead", "adaptive", "quick", "block", "memory", "energy")
+BLOCK_TIMED = "conv-depthwise-M32-N32-k3-x28-s1"  # ~10-30 us per call: timed in blocks
+MEMORY_WORKLOAD = "mobilenet_v2-1.0-224"
+MEMORY_BEFORE = "mobilenet_v1_conv-1.0-224"  # the large model measured just before, in the same batch
+CONSTANT_WATTS = 10.0
 
 
 # ---------------------------------------------------------------- reference loops (subprocess side)
@@ -158,6 +167,57 @@ def _overhead(model: str, input_path: str, iterations: int) -> dict[str, Any]:
             "iterations": iterations}
 
 
+def _block_vs_timeit(backend: str, model: str, input_path: str, rounds: int, slice_s: float) -> dict[str, Any]:
+    """The runner's block-timed median and ``timeit`` on one loaded model, alternating."""
+    import timeit
+
+    import numpy as np
+
+    sys.path.insert(0, str(RUNNER_PATH.parent))
+    import runner
+
+    call = runner.RUNTIMES[backend]({"threads": 1}).load(model, np.load(input_path))
+    policy = {"warmup_runs": 3, "warmup_seconds": 0.1, "min_runs": 5, "min_seconds": slice_s,
+              "max_seconds": slice_s, "target_ci_rel_width": 0.0}
+    timer = timeit.Timer(call)
+    number, _ = timer.autorange()  # calls per timeit repetition lasting >= 0.2 s
+    number = max(1, number // 4)  # ~50 ms repetitions: enough of them in a slice for a median
+    ours, theirs, blocks = [], [], set()
+    for _ in range(rounds):
+        result = runner.measure(call, policy)
+        blocks.add(result["block_size"])
+        ours.append(statistics.median(result["samples_s"]))
+        repeats = max(5, int(slice_s / max(1e-9, ours[-1] * number)))
+        theirs.append(statistics.median(timer.repeat(repeat=repeats, number=number)) / number)
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    return {"convbench_median_s": statistics.median(ours), "timeit_median_s": statistics.median(theirs),
+            "ratio": statistics.median(ratios), "ratios": ratios, "block_sizes": sorted(blocks),
+            "timeit_number": number}
+
+
+def _fresh_peak(backend: str, model: str, input_path: str, inferences: int) -> dict[str, Any]:
+    """Peak RSS of a process that imports one runtime, loads one model and runs it; nothing else."""
+    import numpy as np
+
+    array = np.load(input_path)
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(1)
+        module = torch.export.load(model).module()
+        tensor = torch.from_numpy(array)
+        with torch.inference_mode():
+            for _ in range(inferences):
+                module(tensor)
+    else:
+        call = _bare_call(backend, model, array)
+        for _ in range(inferences):
+            call()
+    with open("/proc/self/status") as handle:
+        fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    return {"peak_rss_bytes": int(fields["VmHWM"].split()[0]) * 1024, "inferences": inferences}
+
+
 def _subprocess_json(args: list[str]) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "harness.selftest", *args], capture_output=True, text=True,
                           timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -169,18 +229,7 @@ def _subprocess_json(args: list[str]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- host side
 def _convbench_median(backend: str, workload_id: str, policy: TimingPolicy) -> dict[str, Any]:
-    from backends.local import LocalTransport
-    from harness.artifacts import get_artifact
-    from harness.records import finalize
-
-    artifact = get_artifact(workload_id, _FORMAT[backend])[0]
-    records: list[dict[str, Any]] = []
-    job = Job(f"selftest/{backend}/{workload_id}", workload_id, "local", backend, 1)
-    LocalTransport().run_batch([job], {workload_id: artifact}, policy,
-                               lambda r: records.append(finalize(r, artifact)))
-    record = records[0]
-    if record["status"] != "ok":
-        raise RuntimeError(f"{job.job_id}: {record.get('error') or record.get('problems')}")
+    (record,) = _local_records(backend, [workload_id], policy)
     return {"median_s": record["latency"]["median"], "n": record["latency"]["n"],
             "ci_rel_width": record["latency"]["ci_rel_width"], "stop_reason": record.get("stop_reason")}
 
@@ -266,6 +315,89 @@ def adaptive_vs_fixed(log: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def block_timing(rounds: int, log: Any) -> list[dict[str, Any]]:
+    """A layer fast enough to be timed in blocks: convbench's median vs timeit, same process."""
+    from harness.artifacts import get_artifact
+
+    rows = []
+    for backend in ("onnxruntime", "tflite"):
+        artifact = get_artifact(BLOCK_TIMED, _FORMAT[backend])[0]
+        row = _subprocess_json(["--block", backend, str(artifact.path), str(artifact.input_path),
+                                str(max(4, rounds * 4)), "0.5"])
+        row.update(backend=backend, workload_id=BLOCK_TIMED)
+        log(f"block timing {backend:12s} {BLOCK_TIMED}: convbench {row['convbench_median_s'] * 1e6:.2f} us "
+            f"(blocks of {', '.join(map(str, row['block_sizes']))}), timeit {row['timeit_median_s'] * 1e6:.2f} us "
+            f"(number={row['timeit_number']}), ratio {row['ratio']:.3f} (goal within 5%)")
+        rows.append(row)
+    return rows
+
+
+def _local_records(backend: str, workload_ids: list[str], policy: TimingPolicy, **transport: Any) \
+        -> list[dict[str, Any]]:
+    """Jobs of one batch, measured by the local transport exactly as ``harness run`` does."""
+    from backends.local import LocalTransport
+    from harness.artifacts import get_artifact
+    from harness.records import finalize
+
+    artifacts = {w: get_artifact(w, _FORMAT[backend])[0] for w in workload_ids}
+    jobs = [Job(f"selftest/{backend}/{i}/{w}", w, "local", backend, 1) for i, w in enumerate(workload_ids)]
+    records: list[dict[str, Any]] = []
+    LocalTransport(**transport).run_batch(jobs, artifacts, policy,
+                                          lambda r: records.append(finalize(r, artifacts[r["workload_id"]])))
+    for record in records:
+        if record["status"] != "ok":
+            raise RuntimeError(f"{record['job_id']}: {record.get('error') or record.get('problems')}")
+    return records
+
+
+def memory(log: Any) -> list[dict[str, Any]]:
+    """A job's peak RSS, measured right after a large model, vs a fresh process with the model alone."""
+    from harness.artifacts import get_artifact
+
+    policy = TimingPolicy(min_runs=20, min_seconds=0.2, max_seconds=1.0, target_ci_rel_width=0.0)
+    rows = []
+    for backend in ("onnxruntime", "tflite", "torch"):
+        records = _local_records(backend, [MEMORY_BEFORE, MEMORY_WORKLOAD], policy)
+        mem = records[-1]["memory"]
+        artifact = get_artifact(MEMORY_WORKLOAD, _FORMAT[backend])[0]
+        inferences = records[-1].get("inferences") or 50
+        fresh = _subprocess_json(["--fresh-peak", backend, str(artifact.path), str(artifact.input_path),
+                                  str(min(inferences, 200))])
+        ratio = mem["peak_rss_bytes"] / fresh["peak_rss_bytes"]
+        log(f"memory {backend:12s} {MEMORY_WORKLOAD}: job peak {mem['peak_rss_bytes'] / 2**20:.1f} MiB "
+            f"(runtime baseline {mem['baseline_rss_bytes'] / 2**20:.1f} MiB + model "
+            f"{mem['rss_increase_bytes'] / 2**20:.1f} MiB; measured after {MEMORY_BEFORE} in the same batch), "
+            f"fresh process alone {fresh['peak_rss_bytes'] / 2**20:.1f} MiB, ratio {ratio:.3f} (goal within 10%)")
+        rows.append({"backend": backend, "workload_id": MEMORY_WORKLOAD, "after": MEMORY_BEFORE, "job": mem,
+                     "fresh_process_peak_rss_bytes": fresh["peak_rss_bytes"], "ratio": ratio})
+    return rows
+
+
+def energy(log: Any) -> list[dict[str, Any]]:
+    """J/inference under a sysfs hwmon sensor held at a constant power vs that power x latency."""
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="convbench-sysfs-") as root:
+        sensor = Path(root, "class/hwmon/hwmon0/power1_input")
+        sensor.parent.mkdir(parents=True)
+        sensor.write_text(f"{int(CONSTANT_WATTS * 1e6)}\n")  # microwatts, as hwmon reports
+        policy = TimingPolicy(min_seconds=1.5, max_seconds=2.0, target_ci_rel_width=0.0)
+        for backend in ("onnxruntime", "tflite"):
+            (record,) = _local_records(backend, [BLOCK_TIMED], policy, sysfs_root=root,
+                                       energy={"sensor": "hwmon"})
+            measured = record["energy"].get("joules_per_inference")
+            if measured is None:
+                raise RuntimeError(f"energy unavailable: {record['energy'].get('reason')}")
+            expected = CONSTANT_WATTS * record["latency"]["median"]
+            log(f"energy {backend:12s} {BLOCK_TIMED} (blocks of {record['block_size']}): "
+                f"{measured * 1e6:.2f} uJ/inference, {CONSTANT_WATTS:g} W x {record['latency']['median'] * 1e6:.2f} us"
+                f" = {expected * 1e6:.2f} uJ, ratio {measured / expected:.3f} (goal within 10%)")
+            rows.append({"backend": backend, "workload_id": BLOCK_TIMED, "block_size": record["block_size"],
+                         "joules_per_inference": measured, "expected": expected, "ratio": measured / expected})
+    return rows
+
+
 def run_selftest(parts: list[str], seconds: float, rounds: int, results_dir: Path, log: Any) -> dict[str, Any]:
     report: dict[str, Any] = {}
     if "agreement" in parts:
@@ -274,6 +406,12 @@ def run_selftest(parts: list[str], seconds: float, rounds: int, results_dir: Pat
         report["overhead"] = overhead(log)
     if "adaptive" in parts:
         report["adaptive"] = adaptive_vs_fixed(log)
+    if "block" in parts:
+        report["block"] = block_timing(rounds, log)
+    if "memory" in parts:
+        report["memory"] = memory(log)
+    if "energy" in parts:
+        report["energy"] = energy(log)
     if "quick" in parts:
         report["quick"] = quick_suite_wall(log, results_dir)
     return report
@@ -284,5 +422,10 @@ if __name__ == "__main__":
         print(json.dumps(_reference(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))))
     elif sys.argv[1] == "--interleaved":
         print(json.dumps(_interleaved(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))))
+    elif sys.argv[1] == "--block":
+        print(json.dumps(_block_vs_timeit(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]),
+                                          float(sys.argv[6]))))
+    elif sys.argv[1] == "--fresh-peak":
+        print(json.dumps(_fresh_peak(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))))
     elif sys.argv[1] == "--overhead":
         print(json.dumps(_overhead(sys.argv[2], sys.argv[3], int(sys.argv[4]))))

@@ -251,8 +251,8 @@ def test_battery_energy_is_integrated_over_the_measured_loop(adb_device: Connect
     assert energy["units"] == {"current": "uA", "voltage": "uV"} and energy["samples"] >= 5
     assert 1.1 <= energy["window_s"] <= 3.0 and "measured loop" in energy["window"]
     assert energy["joules"] == pytest.approx(2.0 * energy["window_s"], rel=1e-6)
-    assert energy["runs"] == record["latency"]["n"]
-    assert energy["joules_per_inference"] == pytest.approx(energy["joules"] / energy["runs"])
+    assert energy["inferences"] == record["latency"]["n"]
+    assert energy["joules_per_inference"] == pytest.approx(energy["joules"] / energy["inferences"])
     # The loop's inferences fit in the window, and the window is not much more than them.
     busy = record["latency"]["mean"] * record["latency"]["n"]
     assert busy <= energy["window_s"] * 1.05 and energy["window_s"] <= busy + 1.5

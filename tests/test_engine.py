@@ -84,7 +84,7 @@ def test_energy_from_a_sysfs_power_sensor_with_idle_subtraction(tmp_path):
     assert energy["status"] == "ok" and energy["sensor"].startswith("hwmon:")
     assert energy["idle_watts"] == pytest.approx(3.0, rel=0.2)
     assert energy["joules"] == pytest.approx(3.0 * energy["window_s"], rel=0.1)
-    assert energy["joules_per_inference"] < 0.1 * energy["joules"] / energy["runs"]
+    assert energy["joules_per_inference"] < 0.1 * energy["joules"] / energy["inferences"]
 
 
 def test_short_window_gives_unavailable_energy_not_zero(tmp_path):

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from backends import runner
 
 
 def median_ci(samples: Sequence[float], z: float = 1.96) -> tuple[float, float]:
     """Distribution-free confidence interval of the median from order statistics.
 
     The rank of the sample median is Binomial(n, 1/2); its normal approximation gives the
-    ranks n/2 -/+ z*sqrt(n)/2.  ``backends/runner.py`` holds a copy for its stopping rule.
+    ranks n/2 -/+ z*sqrt(n)/2.  The runner's stopping rule uses the same function.
     """
-    ordered = sorted(samples)
-    n = len(ordered)
-    if n == 0:
+    if len(samples) == 0:
         raise ValueError("no samples")
-    if n < 6:
-        return ordered[0], ordered[-1]
-    half = z * math.sqrt(n) / 2.0
-    lo = max(0, math.floor(n / 2.0 - half))
-    hi = min(n - 1, math.ceil(n / 2.0 + half))
-    return ordered[lo], ordered[hi]
+    return runner.median_ci(sorted(samples), z)
 
 
 @dataclass(frozen=True)
