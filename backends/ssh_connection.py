@@ -156,6 +156,29 @@ class Resolved:
     alive_count_max: int
 
 
+# A hostname (RFC 1123 labels, plus '_' which ssh_config aliases often use) or an alias of the
+# same characters.  No whitespace, shell metacharacters or '%': the host is substituted into
+# ssh_config tokens (``%h`` in ``Match exec`` runs a local shell, OpenSSH CVE-2023-51385).
+_HOST_NAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_.])?")
+
+
+def host_problem(host: Any) -> str | None:
+    """Why ``host`` is not a hostname, an IP literal or an ssh_config alias; None when it is one."""
+    import ipaddress
+
+    if not isinstance(host, str) or not host:
+        return f"expected a hostname, an IP address or an ~/.ssh/config alias, got {host!r}"
+    if "%" not in host:
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host)
+            return None
+    if _HOST_NAME_RE.fullmatch(host) and ".." not in host:
+        return None
+    return (f"{host!r} is not a hostname, an IP address or an ~/.ssh/config alias: those have only letters, "
+            "digits, '.', '-' and '_' (at most 253, not starting with '-' or '.'; no spaces, shell characters or "
+            "'%'), or are an IPv4/IPv6 address (without brackets)")
+
+
 def _load_config(path: str | None) -> Any:
     import paramiko
 
@@ -216,6 +239,9 @@ def _resolve_hop(cfg: Any, alias: str, user: str | None, port: int | None, key: 
 
 def resolve_target(target: SshTarget) -> Resolved:
     """Apply the ssh config to a target, explicit fields first."""
+    problem = host_problem(target.host)
+    if problem:  # checked before the ssh config sees it: its Match exec would put it in a shell command
+        raise SshConfigError(f"ssh host: {problem}")
     cfg = _load_config(target.ssh_config)
     hop, entry = _resolve_hop(cfg, target.host, target.user, target.port, target.key)
     jumps: list[ResolvedHop] = []

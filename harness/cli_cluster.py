@@ -15,7 +15,8 @@ import click
 from harness.errors import UserError
 
 SECURITY_NOTE = ("Never expose the scheduler beyond the lab network: whoever reaches it can run code on every "
-                 "worker. Use --tls-* (mutual TLS) when the lab network is shared.")
+                 "worker. Use --tls-* (mutual TLS) when the lab network is shared. A worker listens on one "
+                 "interface only, and without TLS refuses a scheduler (or --host) beyond loopback unless --insecure.")
 
 _file = click.Path(path_type=Path, dir_okay=False)
 
@@ -71,15 +72,20 @@ def register(main: click.Group) -> None:
                   help="Devices this host reaches (default: $CONVBENCH_DEVICES or ./devices.yaml).")
     @click.option("--devices", "device_names", default=None,
                   help="Comma-separated subset of the file's devices to own (default: all of them).")
-    @click.option("--host", default=None, help="Address to listen on (default: the interface facing the scheduler).")
+    @click.option("--host", default=None,
+                  help="Address of the one interface to listen on (default: the interface facing the scheduler; "
+                       "never all of them).")
     @click.option("--port", type=int, default=None, help="Port to listen on (default: a random free port).")
     @click.option("--name", default=None, help="Worker name shown by the scheduler.")
     @_tls_options("worker")[0]
     @_tls_options("worker")[1]
     @_tls_options("worker")[2]
+    @click.option("--insecure", is_flag=True,
+                  help="Allow a scheduler (or --host) beyond loopback without TLS: whoever reaches this worker "
+                       "or the scheduler can then run code on this host. Only on a network of trusted machines.")
     def worker_command(scheduler: str, devices_file: Path | None, device_names: str | None, host: str | None,
                        port: int | None, name: str | None, tls_ca: Path | None, tls_cert: Path | None,
-                       tls_key: Path | None) -> None:
+                       tls_key: Path | None, insecure: bool) -> None:
         """Run a Dask worker owning the usable devices of this host (one resource `device-<name>=1` each).
 
         Each device is checked as `harness devices check` does; unusable ones are skipped with
@@ -90,4 +96,5 @@ def register(main: click.Group) -> None:
         from harness.worker import serve
 
         security = make_security(tls_ca, tls_cert, tls_key, role="worker")
-        serve(scheduler, devices_file, parse_list(device_names), security, host, port, name, echo)
+        serve(scheduler, devices_file, parse_list(device_names), security, host, port, name, echo,
+              insecure=insecure)

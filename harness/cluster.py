@@ -124,6 +124,87 @@ def check_address(address: str, security: Any, role: str = "client") -> str:
     return address
 
 
+def _addresses(host: str, port: int, what: str) -> list[tuple[int, tuple]]:
+    """(family, sockaddr) of every address ``host`` resolves to."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ClusterError(f"{what} {host!r} does not resolve: {exc}") from None
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+def _is_loopback(ip: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_wildcard(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified
+    except ValueError:
+        return False
+
+
+def worker_listen_host(scheduler: str, host: str | None, insecure: bool = False) -> str:
+    """The one address ``harness worker`` listens on: ``host``, or the interface facing the scheduler.
+
+    Never every interface.  A Dask worker runs whatever code reaches it (through it or its
+    scheduler), so without TLS anything beyond loopback is refused unless ``insecure``.
+    """
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(scheduler)  # check_address made it tcp:// or tls://
+    try:
+        scheduler_host, scheduler_port = parse_host_port(location)
+    except ValueError:
+        raise ClusterError(f"scheduler address {scheduler!r}: expected {scheme}://HOST:PORT") from None
+    scheduler_ips = _addresses(scheduler_host, scheduler_port, "the scheduler host")
+    _refuse_exposed(scheduler, [sockaddr[0] for _, sockaddr in scheduler_ips], insecure)
+    if host is not None:
+        host = host.strip().removeprefix("[").removesuffix("]")
+        listen_ips = [sockaddr[0] for _, sockaddr in _addresses(host, 0, "--host")] if host not in ("", "*") else []
+        if not listen_ips or any(_is_wildcard(ip) for ip in listen_ips):
+            raise ClusterError(f"--host {host or repr(host)} would listen on every interface of this host: give the "
+                               "address of the one interface facing the scheduler, or leave --host out to use it")
+        listen = host
+    else:
+        listen = ""
+        for family, sockaddr in scheduler_ips:
+            try:  # connecting a UDP socket sends nothing; it picks the route to the scheduler
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.connect(sockaddr)
+                    listen = probe.getsockname()[0]
+                    break
+            except OSError:
+                continue
+        if not listen:
+            raise ClusterError(f"no interface of this host has a route to the scheduler at {scheduler}; give one "
+                               "with --host")
+        listen_ips = [listen]
+    _refuse_exposed(scheduler, listen_ips, insecure)
+    return listen
+
+
+def _refuse_exposed(scheduler: str, ips: list[str], insecure: bool) -> None:
+    exposed = sorted({ip for ip in ips if not _is_loopback(ip)})
+    if exposed and not scheduler.startswith("tls://") and not insecure:
+        raise ClusterError(
+            f"refusing to join {scheduler} without TLS: a Dask worker runs any code sent by whoever reaches it or "
+            f"its scheduler, so anyone who can reach {', '.join(exposed)} could run commands on this host and its "
+            "devices. Use a TLS scheduler (tls://HOST:PORT with --tls-ca, --tls-cert and --tls-key), or pass "
+            "--insecure if only trusted machines are on that network")
+
+
 # ---------------------------------------------------------------- artifacts (controller side)
 
 

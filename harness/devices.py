@@ -16,11 +16,23 @@ from typing import Any
 import yaml
 
 from backends.base import BACKENDS
+from backends.ssh_connection import host_problem
 from harness.errors import UserError
+
+MAX_FILE_BYTES = 1 << 20  # a devices file is a few kilobytes; more is a mistake or an attack
+MAX_VALUES = 50_000  # values after expanding YAML aliases (a large lab's file has a few thousand)
+MAX_DEPTH = 32  # nesting of lists and mappings
 
 TRANSPORTS = ("local", "ssh", "adb")
 ENERGY_SENSORS = ("auto", "none", "rapl", "hwmon", "ina3221", "power_supply", "battery", "nvml")
 DELEGATES = ("cpu", "xnnpack", "gpu", "nnapi")
+ENERGY_FIELDS = {  # what the runner (backends/runner.py) and the adb transport read
+    "sensor": "the sensor",
+    "path": "a sysfs path (hwmon, ina3221, power_supply)",
+    "index": "a GPU index for nvml (0, 1, ...)",
+    "supply": "a power_supply name on an adb device (default battery)",
+}
+_USER_RE = re.compile(r"[A-Za-z0-9_.@][A-Za-z0-9_.@-]*")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 COMMON_FIELDS = {"name", "transport", "backends", "threads", "cpu_mask", "delegates", "energy", "thermal",
@@ -62,20 +74,93 @@ class Device:
         return self.options.get(key, default)
 
 
-def _node_to_python(node: yaml.Node, lines: dict[tuple, int], path: tuple = ()) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        result = {}
-        for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) \
-                else key_node.value
-            result[key] = _node_to_python(value_node, lines, (*path, key))
-            lines[(*path, key)] = key_node.start_mark.line + 1
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_node_to_python(item, lines, (*path, i)) for i, item in enumerate(node.value)]
-    # Scalars: let the safe constructor resolve types (ints, bools, null).
-    return yaml.safe_load(yaml.serialize(node))
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+try:  # LibYAML's parser is about 7 times faster than PyYAML's; nodes are composed in Python either way
+    from yaml.cyaml import CParser
+
+    _PARSER: tuple[type, ...] = (CParser,)
+except ImportError:  # PyYAML built without LibYAML
+    _PARSER = (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
+
+
+class _Loader(yaml.composer.Composer, *_PARSER, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """A safe loader refusing deep nesting as it composes (PyYAML's scanner and composer would
+    spend seconds, then recurse out of stack, on ``[[[[...``)."""
+
+    depth = 0
+
+    def __init__(self, stream: str) -> None:
+        if len(_PARSER) == 1:
+            _PARSER[0].__init__(self, stream)
+        else:
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class _Builder:
+    """YAML nodes to Python values, recording the line of every path, within resource limits.
+
+    Aliases are expanded (each ``*name`` becomes a copy of its anchor's value), so a few
+    hundred bytes of nested aliases ("billion laughs") could expand to billions of values,
+    and an alias inside its own anchor (``&a [*a]``) forever: both are refused.
+    """
+
+    def __init__(self, path: Path, lines: dict[tuple, int]) -> None:
+        self.path, self.lines, self.count = path, lines, 0
+        self.open: set[int] = set()  # the collections being built (an alias to one is a cycle)
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def fail(self, node: yaml.Node, message: str) -> DevicesFileError:
+        return DevicesFileError(f"{self.path}:{node.start_mark.line + 1}: {message}")
+
+    def build(self, node: yaml.Node, path: tuple = ()) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise self.fail(node, f"has more than {MAX_VALUES:,} values once its YAML aliases are expanded "
+                                  "(each `*name` copies what `&name` anchors; a devices file needs a few hundred "
+                                  "values): refused")
+        if len(path) > MAX_DEPTH:
+            raise self.fail(node, f"nested more than {MAX_DEPTH} levels deep: refused")
+        if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            try:  # scalars: the safe constructor resolves types (ints, bools, null)
+                return self.constructor.construct_object(node, deep=True)
+            except yaml.YAMLError as exc:
+                raise self.fail(node, f"not a plain value: {getattr(exc, 'problem', None) or exc}") from None
+        if id(node) in self.open:
+            raise self.fail(node, "a YAML alias refers to a value that contains it (`&a [*a]`): it never ends; "
+                                  "refused")
+        self.open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            result = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise self.fail(key_node, "a key must be a plain name, not a list or a mapping")
+                key = key_node.value
+                result[key] = self.build(value_node, (*path, key))
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+            return result
+        finally:
+            self.open.discard(id(node))
 
 
 class _Checker:
@@ -162,6 +247,16 @@ def _parse_device(raw: Any, index: int, checker: _Checker) -> Device | None:
         checker.fail((*key, "energy"), f"expected a sensor among {', '.join(ENERGY_SENSORS)} "
                                        "(e.g. `energy: {sensor: rapl}`)")
         energy = {"sensor": "none"}
+    for unknown in sorted(set(energy) - set(ENERGY_FIELDS), key=str):
+        checker.fail((*key, "energy", unknown), f"unknown field of `energy`; expected one of "
+                                                f"{', '.join(ENERGY_FIELDS)}")
+    for text_field in ("path", "supply"):
+        if text_field in energy and not (isinstance(energy[text_field], str) and energy[text_field]):
+            checker.fail((*key, "energy", text_field), f"expected {ENERGY_FIELDS[text_field]}, "
+                                                       f"got {energy[text_field]!r}")
+    if "index" in energy and not (isinstance(energy["index"], int) and not isinstance(energy["index"], bool)
+                                  and energy["index"] >= 0):
+        checker.fail((*key, "energy", "index"), f"expected {ENERGY_FIELDS['index']}, got {energy['index']!r}")
     thermal_raw = raw.get("thermal") or {}
     thermal = Thermal()
     if not isinstance(thermal_raw, dict):
@@ -177,6 +272,12 @@ def _parse_device(raw: Any, index: int, checker: _Checker) -> Device | None:
     if transport == "ssh":
         if not options.get("host"):
             checker.fail(key, "ssh devices need `host` (a hostname, address or ~/.ssh/config alias)")
+        elif problem := host_problem(options["host"]):
+            checker.fail((*key, "host"), problem)
+        user = options.get("user")
+        if user is not None and not (isinstance(user, str) and _USER_RE.fullmatch(user)):
+            checker.fail((*key, "user"), f"expected a user name of letters, digits, '.', '_', '-' or '@' "
+                                         f"(not starting with '-'), got {user!r}")
         port = options.get("port")
         if port is not None and not (isinstance(port, int) and 0 < port < 65536):
             checker.fail((*key, "port"), f"expected a port number, got {port!r}")
@@ -189,18 +290,45 @@ def _parse_device(raw: Any, index: int, checker: _Checker) -> Device | None:
                   f"{checker.path}:{checker.lines.get(key, 1)}")
 
 
+def _read_text(path: Path) -> str:
+    """The file's text, refused beyond MAX_FILE_BYTES before anything is parsed."""
+    too_big = (f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB, which no devices file needs "
+               "(is this the right file?): refused")
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise DevicesFileError(too_big)
+        with path.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)  # also bounds what a FIFO or a device file can send
+    except OSError as exc:
+        raise DevicesFileError(f"{path}: cannot read the devices file: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise DevicesFileError(too_big)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DevicesFileError(f"{path}:{line}: not UTF-8 text (byte {exc.start}): is this a devices file?") from None
+
+
 def load_devices(path: Path) -> dict[str, Device]:
     if not path.exists():
         raise DevicesFileError(f"{path}: no such devices file (create one; see README 'Devices')")
+    text = _read_text(path)
     try:
-        node = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise DevicesFileError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except _TooDeep as exc:
+        raise DevicesFileError(f"{path}:{exc.line}: nested more than {MAX_DEPTH} levels deep: refused") from None
     lines: dict[tuple, int] = {}
-    data = _node_to_python(node, lines) if node is not None else None
+    data = _Builder(path, lines).build(node) if node is not None else None
     checker = _Checker(path, lines)
+    if isinstance(data, dict) and "devices" in data and data["devices"] in (None, []):
+        raise DevicesFileError(f"{path}:{lines.get(('devices',), 1)}: this devices file declares no devices "
+                               "(`devices:` is empty); add at least one, e.g. `- {name: local, transport: local}` "
+                               "(see README 'Devices')")
     if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
         raise DevicesFileError(f"{path}:1: expected a top-level `devices:` list")
     devices: dict[str, Device] = {}

@@ -6,6 +6,10 @@ printed with the reason and left out), with one thread per device so devices run
 parallel and each runs one job at a time.  Tasks submitted by ``harness run --cluster``
 then find the device's definition here (how *this* host reaches it) through the
 ``convbench-devices`` worker plugin.  Runs until Ctrl-C or SIGTERM.
+
+A Dask worker runs whatever code reaches it, so it listens on one interface only (``--host``,
+or the one facing the scheduler), never on all of them, and without TLS it refuses a scheduler
+or ``--host`` beyond loopback unless ``--insecure`` (see ``harness.cluster.worker_listen_host``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from harness.cluster import DEVICES_PLUGIN, check_address, require_distributed, resource_name
+from harness.cluster import DEVICES_PLUGIN, check_address, require_distributed, resource_name, worker_listen_host
 from harness.devices import Device
 
 Echo = Callable[[str], None]
@@ -66,7 +70,7 @@ def _plugin(devices: dict[str, Device]) -> Any:
     return DevicesPlugin(devices)
 
 
-async def _serve(scheduler: str, devices: dict[str, Device], security: Any, host: str | None,
+async def _serve(scheduler: str, devices: dict[str, Device], security: Any, host: str,
                  port: int | None, name: str | None, echo: Echo) -> None:
     """Serve until a signal; when the scheduler goes away (Dask workers then close), join it again."""
     from distributed import Worker
@@ -85,8 +89,10 @@ async def _serve(scheduler: str, devices: dict[str, Device], security: Any, host
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
     while not stopping.is_set():
+        # `host` is one interface (see worker_listen_host); its HTTP server (/health, /metrics) listens there too.
         worker = Worker(scheduler, nthreads=len(devices), resources=resources, security=security, host=host,
-                        port=port, name=name or f"convbench-{socket.gethostname()}-{'+'.join(devices)}",
+                        port=port, protocol=scheduler.partition("://")[0], dashboard_address=[(host, 0)],
+                        name=name or f"convbench-{socket.gethostname()}-{'+'.join(devices)}",
                         plugins=(_plugin(devices),), memory_limit=0, dashboard=False)
         try:
             await worker  # waits for the scheduler to answer
@@ -114,13 +120,18 @@ async def _warn_shared(worker: Any, resources: dict[str, int], echo: Echo) -> No
 
 def serve(scheduler: str, devices_file: Path | None, names: list[str] | None, security: Any = None,
           host: str | None = None, port: int | None = None, name: str | None = None,
-          echo: Echo = print) -> None:
-    """Check the devices, then run a Dask worker owning the usable ones until Ctrl-C/SIGTERM."""
+          echo: Echo = print, *, insecure: bool = False) -> None:
+    """Check the devices, then run a Dask worker owning the usable ones until Ctrl-C/SIGTERM.
+
+    It listens on ``host`` or else the interface facing the scheduler, never on every interface;
+    without TLS, a scheduler or ``host`` beyond loopback is refused unless ``insecure``.
+    """
     from harness import devices as devices_mod
     from harness.errors import UserError
 
     require_distributed()
     scheduler = check_address(scheduler, security, role="worker")
+    host = worker_listen_host(scheduler, host, insecure)
     path = devices_file or devices_mod.default_devices_path()
     if not path.exists():
         raise UserError(f"{path}: no such devices file; a worker needs one naming the devices this host reaches "
