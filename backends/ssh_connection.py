@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
 import math
 import os
 import posixpath
@@ -38,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from backends.runner import file_sha256
 
 DEFAULT_ALIVE_INTERVAL = 15.0
 DEFAULT_ALIVE_COUNT_MAX = 3
@@ -723,13 +724,9 @@ class SshConnection:
     def put(self, local: str | os.PathLike, remote: str) -> bool:
         """Upload ``local`` to ``remote`` (parents created); False if it was already there."""
         local_path = Path(local)
-        digest = hashlib.sha256()
-        with open(local_path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
         st = self._stat(remote)
         same_size = st is not None and st.st_size == local_path.stat().st_size
-        if same_size and self.remote_sha256(remote) == digest.hexdigest():
+        if same_size and self.remote_sha256(remote) == file_sha256(local_path):
             return False
         parent = posixpath.dirname(remote)
         if parent:
