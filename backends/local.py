@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,16 @@ def batch_timeout(policy: TimingPolicy, items: int) -> float:
     return 30 + per_item * items
 
 
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a runner started in its own process group, with whatever it started."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        process.kill()
+
+
 class LocalTransport(Transport):
     name = "local"
 
@@ -41,6 +52,18 @@ class LocalTransport(Transport):
         self.energy = energy
         self.cpu_mask = cpu_mask
         self.output_dir = output_dir
+        # abort() (an interrupted run) kills the running runner; run_batch then returns at once,
+        # so its ``finally`` removes the temporary directory before the harness exits.
+        self._aborted = threading.Event()
+        self._process: subprocess.Popen | None = None
+        self._process_lock = threading.Lock()
+
+    def abort(self) -> None:
+        """Stop now: kill the running runner, start no other (called from another thread)."""
+        self._aborted.set()
+        with self._process_lock:
+            if self._process is not None:
+                _kill_group(self._process)
 
     def _command(self, plan_path: Path) -> list[str]:
         command = [self.python, str(RUNNER_PATH), str(plan_path)]
@@ -50,17 +73,19 @@ class LocalTransport(Transport):
 
     def run_batch(self, jobs: list[Job], artifacts: Mapping[str, Artifact], policy: TimingPolicy,
                   on_result: ResultCallback) -> None:
+        if self._aborted.is_set():
+            return
         workdir = Path(tempfile.mkdtemp(prefix="convbench-local-"))
-        outputs = self.output_dir or workdir
-        outputs.mkdir(parents=True, exist_ok=True)
         try:
+            outputs = self.output_dir or workdir
+            outputs.mkdir(parents=True, exist_ok=True)
             items = []
             for index, job in enumerate(jobs):
                 artifact = artifacts[job.workload_id]
                 out = outputs / f"item{index}.out.npy"
                 items.append(PlanItem(job, str(artifact.path), str(artifact.input_path), str(out), out))
             session = RunnerSession(self.name, items, on_result)
-            while session.remaining():
+            while session.remaining() and not self._aborted.is_set():
                 self._run_once(session, session.remaining(), jobs[0].backend, jobs[0].threads, policy, workdir)
         finally:
             # on_result has checked the outputs by now; nothing else needs them.
@@ -74,8 +99,13 @@ class LocalTransport(Transport):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # Runtimes honour these too; the plan's thread count must win.
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        process = subprocess.Popen(self._command(plan_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, env=env)
+        with self._process_lock:
+            if self._aborted.is_set():
+                return
+            # Its own process group: abort() kills the runner and the per-item process it starts.
+            process = subprocess.Popen(self._command(plan_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, env=env, process_group=0)
+            self._process = process
         stderr_chunks: list[str] = []
         reader = threading.Thread(target=lambda: stderr_chunks.append(process.stderr.read()), daemon=True)
         reader.start()
@@ -92,14 +122,16 @@ class LocalTransport(Transport):
                 session.feed(line)
             process.wait()
         except BaseException:
-            process.kill()
+            _kill_group(process)
             process.wait()
             raise
         finally:
             timer.cancel()
             reader.join(timeout=5)
-        if not session.remaining():
-            return
+            with self._process_lock:
+                self._process = None
+        if not session.remaining() or self._aborted.is_set():
+            return  # aborted: the unfinished jobs were cut off, not failed
         stderr = "".join(stderr_chunks).strip()[-STDERR_TAIL:]
         reason = f"runner exited with code {process.returncode}"
         if timed_out.is_set():

@@ -22,6 +22,9 @@ class HarnessGroup(click.Group):
     """Turns UserError into a one-line message and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from harness.store import reset_warnings
+
+        reset_warnings()  # each command warns about a damaged results store once
         try:
             return super().invoke(ctx)
         except UserError as exc:
@@ -145,17 +148,20 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
     from harness.run import execute, install_hint, missing_modules
     from harness.store import default_results_dir
 
-    if max_time <= 0 or min_time < 0 or min_time > max_time:
-        raise UserError("--min-time must be >= 0 and <= --max-time, and --max-time > 0")
-    workload_list = plan.resolve_workloads(suite, workload_ids)
-    backend_list = plan.parse_list(backends)
+    min_time = _min_time_for(min_time, max_time)
+    notes: list[str] = []
+    workload_list = plan.resolve_workloads(suite, workload_ids, notes)
+    backend_list = plan.parse_option(backends, "--backends", "onnxruntime,tflite")
     plan.validate_backends(backend_list)
     thread_list = plan.parse_threads(threads)
     known = _load_devices_or_local(devices_file)
-    names = plan.parse_list(device_names) or (["local"] if "local" in known else list(known)[:1])
+    names = plan.parse_option(device_names, "--devices", "local,pi4") or (["local"] if "local" in known
+                                                                         else list(known)[:1])
     selected = devices_mod.select(known, names)
 
     console = Console(stderr=False)
+    for note in notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
     skipped: list[str] = []
     usable_backends = set()
     for backend in {b for d in selected for b in d.backends}:
@@ -178,12 +184,48 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
     console.print(f"{len(jobs)} jobs: {len(workload_list)} workloads on {', '.join(d.name for d in selected)} "
                   f"with {', '.join(chosen)}")
     cluster_address, cluster_security = resolve_cluster(cluster, tls_ca, tls_cert, tls_key)
-    outcome = execute(selected, jobs, policy, results_dir or default_results_dir(), workload_list, suite,
+    results_root = _writable_results_dir(results_dir or default_results_dir())
+    outcome = execute(selected, jobs, policy, results_root, workload_list, suite,
                       console, skipped, cluster=cluster_address, cluster_security=cluster_security)
     _print_run_summary(outcome.path)
-    console.print(f"results: {outcome.path} ({outcome.status})")
+    if outcome.status == "failed":  # every job failed, or the disk filled: the gate must not pass
+        click.echo(f"error: run failed: {outcome.reason}; results: {outcome.path}", err=True)
+        sys.exit(1)
+    console.print(f"results: {outcome.path} ({outcome.status})", markup=False, soft_wrap=True)
     if outcome.status == "interrupted":
-        sys.exit(130)
+        sys.exit(outcome.exit_code or 130)
+
+
+def _min_time_for(min_time: float, max_time: float) -> float:
+    """--min-time, checked against --max-time; its default yields to a shorter --max-time."""
+    if max_time <= 0:
+        raise UserError(f"--max-time must be > 0 seconds, got {max_time:g}")
+    if min_time < 0:
+        raise UserError(f"--min-time must be >= 0 seconds, got {min_time:g}")
+    if min_time > max_time:
+        source = click.get_current_context().get_parameter_source("min_time")
+        if source in (click.core.ParameterSource.DEFAULT, None):
+            return max_time  # only --max-time was given: time at most that long
+        raise UserError(f"--min-time {min_time:g} exceeds --max-time {max_time:g}; "
+                        "the minimum timed seconds per job must not exceed the maximum")
+    return min_time
+
+
+def _writable_results_dir(path: Path) -> Path:
+    """The results directory, created now: a path that cannot hold results is an error before any work."""
+    import errno
+    import tempfile
+
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path}: is a file, not a directory; results need a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".convbench-write-check-"):
+            pass
+    except OSError as exc:
+        why = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+        raise UserError(f"cannot write results to {path}: {why}") from None
+    return path
 
 
 def _print_run_summary(run_path: Path) -> None:
@@ -253,9 +295,17 @@ def _load_devices_or_local(devices_file: Path | None) -> dict:
     from harness import devices as devices_mod
 
     path = devices_file or devices_mod.default_devices_path()
-    if path.exists() or devices_file is not None:
+    if not (path.exists() or devices_file is not None):
+        return {"local": devices_mod.local_device()}
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a devices file (give the path of a devices.yaml)")
+    try:
         return devices_mod.load_devices(path)
-    return {"local": devices_mod.local_device()}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text devices file (byte {exc.start} is not UTF-8); "
+                        "devices.yaml must be UTF-8 YAML") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the devices file: {exc.strerror or exc}") from None
 
 
 _devices_file_option = click.option("--devices-file", type=click.Path(path_type=Path), default=None,

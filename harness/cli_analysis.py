@@ -120,19 +120,23 @@ def register(main: click.Group) -> None:
                        "(default: inconclusive).")
     @click.option("--allow-missing-baseline", is_flag=True,
                   help="Exit 0 with a message when no baseline exists yet (first nightly run).")
+    @click.option("--allow-unmatched", is_flag=True,
+                  help="Pass the gate even when no measurement matched, or more were unmatched than matched "
+                       "(default: exit 1, the gate does not pass on nothing).")
     @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None, help=RESULTS_HELP)
     @click.pass_context
     def compare_command(ctx: click.Context, runs: tuple[str, ...], baseline_ref: str | None,
                         threshold: float | None, alpha: float | None, same_runtime: bool, as_json: bool,
-                        as_markdown: bool, allow_busy: bool, allow_missing_baseline: bool,
+                        as_markdown: bool, allow_busy: bool, allow_missing_baseline: bool, allow_unmatched: bool,
                         results_dir: Path | None) -> None:
         """Compare CURRENT (default: latest) with BASELINE: `harness compare [BASELINE] [CURRENT]`.
 
-        Exit code 1 when any measurement regressed, 0 otherwise, 2 for usage errors.
-        A verdict needs both p < alpha and a change beyond --threshold.
+        Exit code 1 when any measurement regressed, or when nothing was compared or more
+        measurements were unmatched than matched (unless --allow-unmatched); 0 otherwise;
+        2 for usage errors.  A verdict needs both p < alpha and a change beyond --threshold.
         """
         from harness import compare as cmp
-        from harness.store import resolve_run
+        from harness.store import resolve_run, skipped_records
 
         if as_json and as_markdown:
             raise UserError("--json and --markdown exclude each other")
@@ -154,8 +158,13 @@ def register(main: click.Group) -> None:
             raise
         options = cmp.Options(threshold=cmp.DEFAULT_THRESHOLD if threshold is None else threshold,
                               alpha=cmp.DEFAULT_ALPHA if alpha is None else alpha, same_runtime=same_runtime,
-                              allow_busy=allow_busy)
+                              allow_busy=allow_busy, allow_unmatched=allow_unmatched)
         result = cmp.compare_runs(baseline, current, options, why)
+        # A damaged record could be a regression: list it, and the gate fails on it (see Comparison.gate_failure).
+        for side, path in (("baseline", baseline), ("current", current)):
+            for where, problem in skipped_records(path):
+                result.unmatched.append({"workload_id": "(damaged record)", "where": where, "fingerprint": "",
+                                         "only_in": side, "reason": f"skipped: {problem}", "damaged": True})
         if as_json:
             click.echo(cmp.to_json(result))
         elif as_markdown:
@@ -180,10 +189,15 @@ def register(main: click.Group) -> None:
     def baseline_set(ctx: click.Context, run: str, results_dir: Path | None) -> None:
         """Make RUN (default: latest) the baseline of `harness compare`."""
         from harness.compare import baseline_file, set_baseline
-        from harness.store import resolve_run
+        from harness.store import is_disk_full, resolve_run
 
         root = _results(results_dir or (ctx.obj or {}).get("results_dir"))
-        entry = set_baseline(resolve_run(run, root), root)
+        chosen = resolve_run(run, root)
+        try:
+            entry = set_baseline(chosen, root)
+        except OSError as exc:
+            raise UserError(f"cannot store the baseline in {baseline_file(root)}: "
+                            f"{exc.strerror or exc}{' (disk full)' if is_disk_full(exc) else ''}") from None
         click.echo(f"baseline: {entry['run_id']} (stored in {baseline_file(root)})")
 
     @baseline_group.command("show")
@@ -259,9 +273,15 @@ def register(main: click.Group) -> None:
         if output == "-":
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
             return
-        target = Path(output) if output else default_reports_dir() / path.name / f"{path.name}.{suffix}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        name = f"{path.name}.{suffix}"
+        target = Path(output) if output else default_reports_dir() / path.name / name
+        if target.is_dir():
+            raise UserError(f"-o {target}: is a directory; give a file name, e.g. -o {target / name}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        except OSError as exc:
+            raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
         click.echo(f"exported {path.name} as {fmt}: {target}{note}")
 
 

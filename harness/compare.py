@@ -40,6 +40,7 @@ class Options:
     same_runtime: bool = False
     bootstrap: int = 1000
     allow_busy: bool = False  # give verdicts even when the machine was busy while measuring
+    allow_unmatched: bool = False  # pass the gate although nothing, or less than was left out, was compared
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold < 1:
@@ -68,11 +69,23 @@ class Comparison:
         if busy:
             out.append(f"{len(busy)} change(s) beyond the threshold were measured while other processes used the "
                        "CPU; rerun on a quiet machine (or pass --allow-busy to judge them anyway)")
-        return out
+        return out + ([self.gate_failure()] if self.gate_failure() else [])
+
+    def gate_failure(self) -> str:
+        """Why the gate fails although nothing regressed: it compared nothing, or less than it left out."""
+        matched, unmatched = len(self.rows), len(self.unmatched)
+        damaged = sum(1 for u in self.unmatched if u.get("damaged"))  # added by the CLI from the store
+        if damaged and not self.options.allow_unmatched:
+            return (f"gate failed: {damaged} damaged record(s) were skipped and could hide a regression "
+                    "(pass --allow-unmatched to accept it)")
+        if self.options.allow_unmatched or (matched and unmatched <= matched):
+            return ""
+        what = "nothing was compared" if not matched else f"fewer measurements compared ({matched}) than unmatched"
+        return f"gate failed: {what} ({unmatched} unmatched); pass --allow-unmatched to accept it"
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.count("regressed") else 0
+        return 1 if self.count("regressed") or self.gate_failure() else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import Artifact, DeviceError, Job, TimingPolicy, Transport, error_record
+from backends.base import STATUS_ERROR, Artifact, DeviceError, Job, TimingPolicy, Transport, error_record
 from harness.devices import Device
 
 LOCAL_LOCK = threading.Lock()
+# After Ctrl-C (or SIGTERM/SIGHUP), how long devices get to stop their runners and clean up.
+STOP_GRACE_S = 30.0
+
+
+class StopDispatch(Exception):
+    """Raised by a record callback to stop its device at once (e.g. results can no longer be stored).
+
+    The device's remaining jobs are not marked failed: nobody could record that either.
+    """
 
 RecordCallback = Callable[[Job, dict[str, Any]], None]
 StateCallback = Callable[[str, str], None]  # (device, state text)
@@ -48,6 +58,7 @@ class DeviceWork:
     transport_factory: Callable[[Device], Transport] = make_transport
     state: str = "queued"
     done: set[str] = field(default_factory=set)
+    transport: Transport | None = None  # while the device runs: what dispatch() aborts on an interrupt
 
 
 def _batches(jobs: list[Job]) -> list[list[Job]]:
@@ -66,18 +77,22 @@ def _run_device(work: DeviceWork, artifacts: Mapping[str, Mapping[str, Artifact]
         job = jobs_by_id.get(record.get("job_id", ""))
         if job is None or job.job_id in work.done:
             return
+        if stop.is_set() and record.get("status") == STATUS_ERROR:
+            return  # cut off by the interruption (its runner was stopped): not measured, not failed
         work.done.add(job.job_id)
         on_record(job, record)
 
     def fail_rest(reason: str) -> None:
-        for job in work.jobs:
-            if job.job_id not in work.done:
-                emit(error_record(job, device.transport, reason))
+        with contextlib.suppress(StopDispatch):
+            for job in work.jobs:
+                if job.job_id not in work.done:
+                    emit(error_record(job, device.transport, reason))
 
     transport: Transport | None = None
     try:
         on_state(device.name, "connecting")
         transport = work.transport_factory(device)
+        work.transport = transport
         for batch in _batches(work.jobs):
             if stop.is_set():
                 break
@@ -96,6 +111,8 @@ def _run_device(work: DeviceWork, artifacts: Mapping[str, Mapping[str, Artifact]
             with lock:
                 transport.run_batch(runnable, artifacts[runnable[0].backend], policy, emit)
         on_state(device.name, "done" if not stop.is_set() else "stopped")
+    except StopDispatch:
+        on_state(device.name, "stopped")
     except DeviceError as exc:
         on_state(device.name, f"failed: {exc}")
         fail_rest(f"device {device.name} failed: {exc}")
@@ -103,20 +120,57 @@ def _run_device(work: DeviceWork, artifacts: Mapping[str, Mapping[str, Artifact]
         on_state(device.name, f"failed: {type(exc).__name__}: {exc}")
         fail_rest(f"device {device.name} failed: {type(exc).__name__}: {exc}")
     finally:
+        work.transport = None
         if transport is not None:
             with contextlib.suppress(Exception):
                 transport.close()
 
 
+def abort(work: list[DeviceWork]) -> None:
+    """Stop what the devices are running now (transports that can: local runners are killed)."""
+    for item in work:
+        stop_now = getattr(item.transport, "abort", None)
+        if stop_now is not None:
+            with contextlib.suppress(Exception):
+                stop_now()
+
+
 def dispatch(work: list[DeviceWork], artifacts: Mapping[str, Mapping[str, Artifact]], policy: TimingPolicy,
              on_record: RecordCallback, on_state: StateCallback, stop: threading.Event | None = None) -> None:
-    """Run every device's jobs; returns when all devices are done (or stopped)."""
+    """Run every device's jobs; returns when all devices are done (or stopped).
+
+    On KeyboardInterrupt (the harness turns SIGTERM and SIGHUP into one too) the devices
+    are stopped, their running runners aborted, and their threads given STOP_GRACE_S to
+    clean up (temporary directories, remote files) before the interrupt propagates: the
+    threads are daemons, and a daemon thread killed at exit runs no ``finally``.  Each
+    thread's end is waited for on an Event of its own, not with Thread.join: a join cut
+    short by a signal can leave the thread marked stopped while it still runs.
+    """
     stop = stop or threading.Event()
-    threads = [threading.Thread(target=_run_device, name=f"device-{w.device.name}",
-                                args=(w, artifacts, policy, on_record, on_state, stop), daemon=True)
-               for w in work]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(timeout=0.2)  # short joins keep Ctrl-C responsive
+    finished = [threading.Event() for _ in work]
+
+    def run(item: DeviceWork, done: threading.Event) -> None:
+        try:
+            _run_device(item, artifacts, policy, on_record, on_state, stop)
+        finally:
+            done.set()
+
+    threads = [threading.Thread(target=run, name=f"device-{w.device.name}", args=(w, done), daemon=True)
+               for w, done in zip(work, finished, strict=True)]
+    started: list[threading.Event] = []
+    try:
+        for thread, done in zip(threads, finished, strict=True):
+            thread.start()
+            started.append(done)
+        for done in finished:
+            while not done.wait(timeout=0.2):  # short waits keep Ctrl-C responsive
+                pass
+    except BaseException:
+        stop.set()
+        abort(work)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for done in started:
+            while not done.is_set() and time.monotonic() < deadline:
+                with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C must not cut the cleanup
+                    done.wait(timeout=0.2)
+        raise

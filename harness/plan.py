@@ -18,14 +18,24 @@ class Selection:
 
 
 def parse_list(text: str | None) -> list[str] | None:
+    """Comma-separated items, each once (first occurrence wins); None for no text or no items."""
     if text is None:
         return None
-    items = [part.strip() for part in text.split(",") if part.strip()]
+    items = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
     return items or None
 
 
-def parse_threads(text: str | None) -> list[int] | None:
+def parse_option(text: str | None, option: str, example: str) -> list[str] | None:
+    """Like parse_list, but an option given with nothing in it is an error, not "the default"."""
     items = parse_list(text)
+    if text is not None and items is None:
+        raise UserError(f"{option} {text!r} names nothing; give a comma-separated list such as {example}, "
+                        "or leave the option out for the default")
+    return items
+
+
+def parse_threads(text: str | None) -> list[int] | None:
+    items = parse_option(text, "--threads", "1,2")
     if items is None:
         return None
     try:
@@ -34,13 +44,21 @@ def parse_threads(text: str | None) -> list[int] | None:
         raise UserError(f"--threads expects comma-separated positive integers such as 1,2, got {text!r}") from None
     if any(t < 1 for t in threads):
         raise UserError(f"--threads must be positive, got {text!r}")
-    return threads
+    return list(dict.fromkeys(threads))  # "1,01" is 1 twice
 
 
-def resolve_workloads(suite: str | None, workloads: str | None) -> list[str]:
+def resolve_workloads(suite: str | None, workloads: str | None,
+                      notes: list[str] | None = None) -> list[str]:
+    """The suite's ids, then --workloads' ids (canonical spelling, each once); default: the quick suite.
+
+    A non-canonical spelling of an id (``M016`` for ``M16``) is replaced by the canonical one,
+    with a note in ``notes``: artifacts, records and layer pairs are keyed by the canonical id.
+    """
     ids = registry.suite(suite) if suite else []
-    for workload_id in parse_list(workloads) or []:
-        registry.get(workload_id)  # raises a one-line error for a bad id
+    for given in parse_option(workloads, "--workloads", "conv-standard-M32-N64-k3-x56-s1,mobilenet_v2-1.0-224") or []:
+        workload_id = registry.canonical(given)  # raises a one-line error for a bad id
+        if workload_id != given and notes is not None:
+            notes.append(f"workload {given} is spelled {workload_id}; measuring it under that id")
         if workload_id not in ids:
             ids.append(workload_id)
     if not ids:

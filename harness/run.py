@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -16,9 +18,10 @@ from typing import Any
 from backends.base import BACKENDS, Artifact, Job, TimingPolicy
 from harness import __version__
 from harness.devices import Device
-from harness.dispatch import DeviceWork, dispatch
+from harness.dispatch import DeviceWork, StopDispatch, dispatch
+from harness.errors import UserError
 from harness.records import finalize
-from harness.store import RunWriter
+from harness.store import DiskFull, RunWriter
 
 # backend -> modules needed on the host: to export its artifact, and (locally) to run it.
 _EXPORT_NEEDS = {"torch": ("torch",), "onnx": ("onnx", "onnxscript"), "tflite": ("litert_torch",)}
@@ -87,6 +90,53 @@ class RunOutcome:
     status: str
     records: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    reason: str | None = None  # why the run failed or stopped
+    exit_code: int = 0  # 128 + the signal that interrupted it
+
+
+# What CI systems, systemd and a closed terminal send, handled like Ctrl-C.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+class _StopSignals:
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread (once) and set ``stop``.
+
+    A signal the process was started with ignored (``nohup``, a background job) stays
+    ignored.  After ``disarm()`` (the run is being written up) signals only set ``stop``.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.received: int | None = None
+        self.armed = True
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.stop.set()
+        if self.received is not None or not self.armed:
+            return  # already stopping: let the cleanup finish
+        self.received = signum
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                signum = getattr(signal, name, None)
+                if signum is None or signal.getsignal(signum) == signal.SIG_IGN:
+                    continue
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "SIGINT"
 
 
 def export_artifacts(jobs: list[Job], report: Any) -> tuple[dict[str, dict[str, Artifact]], dict[tuple, str]]:
@@ -121,69 +171,117 @@ def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, result
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    writer = RunWriter(results_dir, provenance(devices, workload_ids, policy, suite))
-    writer.update(skipped=skipped, jobs=len(jobs), **({"cluster": cluster} if cluster else {}))
+    try:
+        writer = RunWriter(results_dir, provenance(devices, workload_ids, policy, suite))
+        writer.update(skipped=skipped, jobs=len(jobs), **({"cluster": cluster} if cluster else {}))
+    except OSError as exc:
+        raise UserError(str(exc) if isinstance(exc, DiskFull) else
+                        f"cannot write results to {results_dir}: {exc.filename or ''}: {exc.strerror or exc}") \
+            from None
     records: list[dict[str, Any]] = []
     lock = threading.Lock()
     status = "interrupted"
+    reason: str | None = None
     stop = threading.Event()
+    signals = _StopSignals(stop)
+
+    def store(record: dict[str, Any]) -> bool:
+        """Append one record; False (and stop the run) once the disk is full."""
+        if writer.disk_full or writer.closed:
+            return False  # the disk is full, or the run was written up (a device outlived its grace)
+        try:
+            writer.append(record)
+        except DiskFull:
+            stop.set()
+            return False
+        records.append(record)
+        return True
+
     try:
-        with console.status("preparing artifacts") as spinner:
-            def report(message: str, ok: bool | None) -> None:
-                spinner.update(escape(message))
-                if ok is not None:
-                    console.print("  " + message, style=None if ok else "red", markup=False, soft_wrap=True)
+        with signals:
+            try:
+                with console.status("preparing artifacts") as spinner:
+                    def report(message: str, ok: bool | None) -> None:
+                        spinner.update(escape(message))
+                        if ok is not None:
+                            console.print("  " + message, style=None if ok else "red", markup=False,
+                                          soft_wrap=True)
 
-            artifacts, failures = export_artifacts(jobs, report)
-        artifact_of = {(j.job_id): artifacts[j.backend].get(j.workload_id) for j in jobs}
-        for job in jobs:
-            failure = failures.get((job.workload_id, BACKENDS[job.backend][1]))
-            if failure:
-                record = finalize({"job_id": job.job_id, "workload_id": job.workload_id, "device": job.device,
-                                   "backend": job.backend, "threads": job.threads, "delegate": job.delegate,
-                                   "error": failure}, None)
-                writer.append(record)
-                records.append(record)
+                    artifacts, failures = export_artifacts(jobs, report)
+                artifact_of = {(j.job_id): artifacts[j.backend].get(j.workload_id) for j in jobs}
+                for job in jobs:
+                    failure = failures.get((job.workload_id, BACKENDS[job.backend][1]))
+                    if failure:
+                        store(finalize({"job_id": job.job_id, "workload_id": job.workload_id,
+                                        "device": job.device, "backend": job.backend, "threads": job.threads,
+                                        "delegate": job.delegate, "error": failure}, None))
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=False) as progress:
-            overall = progress.add_task("all jobs", total=len(jobs), completed=len(records))
-            device_tasks = {d.name: progress.add_task(f"  {d.name}: queued",
-                                                      total=sum(1 for j in jobs if j.device == d.name))
-                            for d in devices}
+                with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=console, transient=False) as progress:
+                    overall = progress.add_task("all jobs", total=len(jobs), completed=len(records))
+                    device_tasks = {d.name: progress.add_task(f"  {d.name}: queued",
+                                                              total=sum(1 for j in jobs if j.device == d.name))
+                                    for d in devices}
 
-            def on_record(job: Job, raw: dict[str, Any]) -> None:
-                record = finalize(raw, artifact_of.get(job.job_id))
-                with lock:
-                    writer.append(record)
-                    records.append(record)
-                    progress.advance(overall)
-                    progress.advance(device_tasks[job.device])
-                    if record["status"] != "ok":
-                        detail = record.get("error") or "; ".join(record.get("problems", []))
-                        progress.console.print(f"  {record['status']}: {job.job_id}: {detail}", style="yellow",
-                                               markup=False, soft_wrap=True)
+                    def on_record(job: Job, raw: dict[str, Any]) -> None:
+                        record = finalize(raw, artifact_of.get(job.job_id))
+                        with lock:
+                            if not store(record):
+                                raise StopDispatch(writer.disk_full or "results are not being stored")
+                            progress.advance(overall)
+                            progress.advance(device_tasks[job.device])
+                            if record["status"] != "ok":
+                                detail = record.get("error") or "; ".join(record.get("problems", []))
+                                progress.console.print(f"  {record['status']}: {job.job_id}: {detail}",
+                                                       style="yellow", markup=False, soft_wrap=True)
 
-            def on_state(device: str, state: str) -> None:
-                progress.update(device_tasks[device], description=f"  {device}: {state}")
+                    def on_state(device: str, state: str) -> None:
+                        progress.update(device_tasks[device], description=f"  {device}: {state}")
 
-            work = [DeviceWork(d, [j for j in jobs if j.device == d.name and artifact_of[j.job_id] is not None])
-                    for d in devices]
-            if cluster:  # scale-out on Dask distributed (harness/cluster.py): same work, same callbacks
-                from harness.cluster import cluster_dispatch
+                    work = [DeviceWork(d, [j for j in jobs
+                                           if j.device == d.name and artifact_of[j.job_id] is not None])
+                            for d in devices]
+                    if writer.disk_full:  # not one more job: nothing it measured could be stored
+                        work = []
+                    if cluster and work:  # scale-out on Dask distributed (harness/cluster.py): same callbacks
+                        from harness.cluster import cluster_dispatch
 
-                cluster_dispatch(work, artifacts, policy, on_record, on_state, stop, scheduler=cluster,
-                                 security=cluster_security)
-            else:
-                dispatch(work, artifacts, policy, on_record, on_state, stop)
-        status = "complete"
+                        with contextlib.suppress(StopDispatch):  # the disk filled: stop, say so below
+                            cluster_dispatch(work, artifacts, policy, on_record, on_state, stop,
+                                             scheduler=cluster, security=cluster_security)
+                    else:
+                        dispatch(work, artifacts, policy, on_record, on_state, stop)
+                status, reason = _final_status(records, writer.disk_full)
+            finally:
+                signals.disarm()  # from here on a signal must not cut the write-up short
     except KeyboardInterrupt:
         stop.set()
         status = "interrupted"
-        console.print("[yellow]interrupted: keeping the measurements made so far[/]")
-    except BaseException:
+        reason = f"stopped by {signals.name}"
+        console.print(f"[yellow]interrupted ({signals.name}): keeping the measurements made so far[/]")
+    except BaseException as exc:
         status = "failed"
+        reason = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        writer.finish(status)
-    return RunOutcome(writer.run_id, writer.path, status, records, skipped)
+        with lock:
+            try:
+                writer.finish(status, **({"reason": reason} if reason else {}))
+            except OSError as exc:  # even the reserve did not make room: say so, keep the records
+                console.print(f"error: cannot mark {writer.path / 'run.json'} {status}: {exc.strerror or exc}",
+                              style="red", markup=False, soft_wrap=True)
+    exit_code = 128 + signals.received if status == "interrupted" and signals.received else 0
+    return RunOutcome(writer.run_id, writer.path, status, records, skipped, reason=reason, exit_code=exit_code)
+
+
+def _final_status(records: list[dict[str, Any]], disk_full: str | None) -> tuple[str, str | None]:
+    """complete, or failed with the reason: the disk filled, or not one job succeeded."""
+    if disk_full:
+        return "failed", disk_full
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.get("status", "unknown")] = counts.get(record.get("status", "unknown"), 0) + 1
+    if not counts.get("ok"):
+        detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no job ran"
+        return "failed", f"no job succeeded ({detail})"
+    return "complete", None

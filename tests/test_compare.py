@@ -104,7 +104,7 @@ def test_other_hardware_is_not_matched(tmp_path):
             record["device_fingerprint"]["id"] = "0ther0ther00"
     (moved / "measurements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     result = cmp.compare_runs(B, moved)
-    assert result.rows == [] and result.exit_code == 0
+    assert result.rows == [] and result.exit_code == 1  # nothing compared: the gate does not pass (issue 11)
     reasons = {u["reason"] for u in result.unmatched if u["only_in"] == "baseline"}
     assert "device local is different hardware or OS in the current run (fingerprint b2b4d4658d55 in the " \
            "baseline run, 0ther0ther00 in the current)" in reasons

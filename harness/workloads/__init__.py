@@ -30,6 +30,7 @@ __all__ = [
     "Network",
     "UnknownName",
     "WorkloadIdError",
+    "canonical",
     "get",
     "pair_of",
     "suite",
@@ -52,6 +53,20 @@ def get(workload_id: str) -> Network:
         f"unknown workload {workload_id!r}: expected conv-<kind>-M<m>-N<n>-k<k>-x<x>-s<s> "
         "or a network id such as mobilenet_v1-1.0-224 (see `harness workloads`)"
     )
+
+
+def canonical(workload_id: str) -> str:
+    """The one spelling of a workload id that artifacts, records and layer pairs are keyed by.
+
+    ``conv-standard-M016-N016-k03-x056-s01`` is ``conv-standard-M16-N16-k3-x56-s1``; a
+    network id must already be canonical (``get`` says which spelling it expects).
+    Raises WorkloadIdError for an id that is not a workload.
+    """
+    workload_id = workload_id.strip()
+    network = get(workload_id)
+    if workload_id.startswith("conv-"):
+        return ConvSpec.from_id(workload_id).workload_id
+    return network.workload_id
 
 
 def pair_of(workload_id: str) -> tuple[str, str] | None:
