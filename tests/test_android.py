@@ -165,13 +165,13 @@ def run_jobs(transport: AndroidTransport, workloads: list[str], policy: TimingPo
 
 
 def harness_run(devices_file: Path, results: Path, workloads: list[str],
-                *extra: str) -> tuple[dict, list[dict], str]:
+                *extra: str, exit_code: int = 0) -> tuple[dict, list[dict], str]:
     from harness.cli import main
 
     result = CliRunner().invoke(main, ["run", "--devices", "phone", "--devices-file", str(devices_file),
                                        "--workloads", ",".join(workloads), "--out", str(results), *extra],
                                 catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == exit_code, result.output
     (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
     records = [json.loads(line) for line in (run_dir / "measurements.jsonl").read_text().splitlines() if line]
     return json.loads((run_dir / "run.json").read_text()), records, result.output
@@ -329,8 +329,8 @@ def test_unauthorized_phone_fails_every_job(adb_device_factory: Callable[..., Co
                                             adb_server: AdbServer, tmp_path: Path, results_dir: Path) -> None:
     handle = adb_device_factory(authorized=False)
     devices = write_devices(tmp_path / "devices.yaml", device_entry(handle, adb_server))
-    run, records, _ = harness_run(devices, results_dir, [SMALL, SMALL_STD])
-    assert run["status"] == "complete" and len(records) == 2
+    run, records, _ = harness_run(devices, results_dir, [SMALL, SMALL_STD], exit_code=1)
+    assert run["status"] == "failed" and run["reason"] == "no job succeeded (2 error)" and len(records) == 2
     for record in records:
         assert record["status"] == "error"
         assert "unauthorized" in record["error"] and "accept the 'Allow USB debugging?' prompt" in record["error"]
@@ -353,9 +353,9 @@ def test_phone_vanishing_mid_run(adb_device: ConnectedDevice, adb_server: AdbSer
     cable.start()
     started = time.monotonic()
     run, records, _ = harness_run(devices, results_dir, [SMALL, SMALL_STD], "--min-time", "4",
-                                  "--max-time", "5")
+                                  "--max-time", "5", exit_code=1)
     cable.join(timeout=5)
-    assert run["status"] == "complete" and time.monotonic() - started < 60
+    assert run["status"] == "failed" and time.monotonic() - started < 60  # no job succeeded
     by_workload = {r["workload_id"]: r for r in records}
     assert len(by_workload) == 2 and all(r["status"] == "error" for r in records)
     first, rest = by_workload[SMALL]["error"], by_workload[SMALL_STD]["error"]
@@ -370,8 +370,9 @@ def test_gpu_fallback_is_invalid(adb_device: ConnectedDevice, adb_server: AdbSer
                                  results_dir: Path) -> None:
     require_litert()
     devices = write_devices(tmp_path / "devices.yaml", device_entry(adb_device, adb_server, delegates=["gpu"]))
-    _run, (record,), _ = harness_run(devices, results_dir, [SMALL], "--max-time", "0.2", "--min-time", "0.05")
-    assert record["status"] == "invalid" and record["delegate"] == "gpu"
+    run, (record,), _ = harness_run(devices, results_dir, [SMALL], "--max-time", "0.2", "--min-time", "0.05",
+                                    exit_code=1)  # its only job is invalid: the run failed
+    assert run["status"] == "failed" and record["status"] == "invalid" and record["delegate"] == "gpu"
     assert record["latency"]["median"] > 0
     assert record["delegation"]["ran_nothing"] and record["delegation"]["delegated_nodes"] == 0
     assert any("gpu delegate executed 0 of" in p and "CPU fallback, not a GPU number" in p

@@ -80,9 +80,9 @@ def test_unknown_host_key_is_refused(tmp_path, board, results_dir):
     (tmp_path / "known_hosts").write_text("")
     path = devices_file(tmp_path, board)
     result = run("--devices", "board", "--devices-file", str(path), "--workloads", PAIR)
-    assert result.exit_code == 0
-    _, records = read_run(next(results_dir.iterdir()))
-    assert records and all(r["status"] == "error" for r in records)
+    assert result.exit_code == 1  # no job succeeded: the run failed
+    info, records = read_run(next(results_dir.iterdir()))
+    assert info["status"] == "failed" and records and all(r["status"] == "error" for r in records)
     assert "trust_new_host" in records[0]["error"]
 
 
@@ -92,9 +92,9 @@ def test_changed_host_key_is_refused_even_with_trust_new_host(tmp_path, board, r
     board.regenerate_host_key()
     board.start()
     result = run("--devices", "board", "--devices-file", str(path), "--workloads", PAIR)
-    assert result.exit_code == 0
-    _, records = read_run(next(results_dir.iterdir()))
-    assert all(r["status"] == "error" for r in records)
+    assert result.exit_code == 1  # no job succeeded: the run failed
+    info, records = read_run(next(results_dir.iterdir()))
+    assert info["status"] == "failed" and all(r["status"] == "error" for r in records)
     assert "changed" in records[0]["error"].lower()
 
 
@@ -138,7 +138,7 @@ def test_runner_timeout_is_a_job_error(tmp_path, board, results_dir, monkeypatch
     result = CliRunner().invoke(main, ["run", "--devices", "board", "--devices-file", str(path), "--workloads",
                                        "conv-standard-M16-N32-k3-x14-s1", "--backends", "onnxruntime",
                                        "--max-time", "5", "--min-time", "5", "--target-ci", "0"])
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # its only job failed: the run failed
     _, records = read_run(next(results_dir.iterdir()))
     assert records[0]["status"] == "error" and "timed out" in records[0]["error"]
     deadline = time.monotonic() + 10
