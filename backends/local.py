@@ -32,13 +32,16 @@ def batch_timeout(policy: TimingPolicy, items: int) -> float:
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL a runner started in its own process group, with whatever it started."""
-    if process.poll() is not None:
-        return
+    """SIGKILL a runner started in its own process group, with whatever it started.
+
+    The group is signalled even when the runner itself has exited: the process it started
+    for the current item may still be running.
+    """
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except OSError:
-        process.kill()
+        if process.poll() is None:
+            process.kill()
 
 
 class LocalTransport(Transport):
@@ -113,7 +116,7 @@ class LocalTransport(Transport):
 
         def kill_on_timeout() -> None:
             timed_out.set()
-            process.kill()
+            _kill_group(process)
 
         timer = threading.Timer(batch_timeout(policy, len(items)), kill_on_timeout)
         timer.start()

@@ -265,19 +265,24 @@ def _print_run_summary(run_path: Path) -> None:
 
 
 @main.command("selftest")
-@click.option("--parts", default="agreement,overhead,adaptive,quick", show_default=True,
+@click.option("--parts", default="agreement,block,memory,energy,overhead,adaptive,quick", show_default=True,
               help="Which benchmarks of the instrument to run.")
 @click.option("--seconds", type=float, default=3.0, show_default=True, help="Timed seconds per agreement side.")
 @click.option("--rounds", type=int, default=2, show_default=True, help="A/B rounds per agreement pair.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
 def selftest_command(parts: str, seconds: float, rounds: int, json_path: Path | None) -> None:
-    """Benchmark the instrument: agreement with reference timers, loop overhead, wall time, stopping."""
+    """Benchmark the instrument: each figure against an independent reference.
+
+    Latency vs torch's blocked_autorange / bare loops / timeit, peak memory vs a fresh process
+    that loads the model alone, energy vs a constant-power sysfs sensor; loop overhead, wall time,
+    adaptive stopping.
+    """
     import tempfile
 
-    from harness.selftest import run_selftest
+    from harness.selftest import PARTS, run_selftest
 
     chosen = [p.strip() for p in parts.split(",") if p.strip()]
-    valid = {"agreement", "overhead", "adaptive", "quick"}
+    valid = set(PARTS)
     if not chosen or set(chosen) - valid:
         raise UserError(f"--parts takes a comma-separated subset of {', '.join(sorted(valid))}")
     with tempfile.TemporaryDirectory(prefix="convbench-selftest-") as scratch:

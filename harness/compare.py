@@ -283,6 +283,14 @@ def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options
         result = "inconclusive"
     elif result == "inconclusive":
         note = "no raw samples to test"
+    blocks = _block_sizes(base), _block_sizes(cur)
+    if blocks[0] != blocks[1]:
+        # A sample is the per-call mean of a block: medians over different block sizes are different
+        # statistics (between the median and the mean of single calls), so their ratio is no verdict.
+        note = (f"block sizes differ ({'/'.join(map(str, blocks[0]))} in the baseline, "
+                f"{'/'.join(map(str, blocks[1]))} now): the medians are different statistics; measure both "
+                "into one results directory, which fixes each job's block size (results/block_sizes.json)")
+        result = "inconclusive"
     base_version, cur_version = base[0].get("runtime_version"), first.get("runtime_version")
     runtime = str(cur_version) if base_version == cur_version else f"{base_version} -> {cur_version}"
     return {
@@ -295,6 +303,10 @@ def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options
         "ci_high": stats["ci_high"], "p_value": stats["p_value"],
         "verdict": result, "other_cpu_cores": busiest, "note": note,
     }
+
+
+def _block_sizes(records: list[dict[str, Any]]) -> list[int]:
+    return sorted({int(r.get("block_size") or 1) for r in records})
 
 
 def _median(values: list[float]) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import BACKENDS, Artifact, Job, TimingPolicy
-from harness import __version__
+from harness import __version__, block_sizes
 from harness.devices import Device
 from harness.dispatch import DeviceWork, StopDispatch, dispatch
 from harness.errors import UserError
@@ -178,6 +178,8 @@ def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, result
         raise UserError(str(exc) if isinstance(exc, DiskFull) else
                         f"cannot write results to {results_dir}: {exc.filename or ''}: {exc.strerror or exc}") \
             from None
+    # Fast layers are timed in blocks: reuse the block sizes earlier runs in this store chose.
+    jobs = block_sizes.fix(jobs, block_sizes.load(results_dir))
     records: list[dict[str, Any]] = []
     lock = threading.Lock()
     status = "interrupted"
@@ -270,6 +272,8 @@ def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, result
             except OSError as exc:  # even the reserve did not make room: say so, keep the records
                 console.print(f"error: cannot mark {writer.path / 'run.json'} {status}: {exc.strerror or exc}",
                               style="red", markup=False, soft_wrap=True)
+            with contextlib.suppress(OSError):  # losing the choice only means choosing again next time
+                block_sizes.remember(results_dir, records)
     exit_code = 128 + signals.received if status == "interrupted" and signals.received else 0
     return RunOutcome(writer.run_id, writer.path, status, records, skipped, reason=reason, exit_code=exit_code)
 

@@ -179,3 +179,58 @@ def test_battery_sensor_reads_microamps_as_the_abi_says(tmp_path):
     sensor.start()
     time.sleep(0.3)
     assert sensor.stop() == pytest.approx(0.015 * 4.0 * 0.3, rel=0.3)
+
+
+# ---------------------------------------------------------------- block sizes across runs
+@pytest.mark.slow
+def test_runs_into_one_store_reuse_each_jobs_block_size(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from harness.cli import main
+    from harness.store import read_run
+
+    args = ["run", "--workloads", TINY, "--backends", "onnxruntime", "--min-time", "0.05", "--max-time", "0.2",
+            "--out", str(tmp_path)]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    stored = json.loads((tmp_path / "block_sizes.json").read_text())
+    assert list(stored) == [f"local|onnxruntime|t1|{TINY}"]
+    second = CliRunner().invoke(main, args)
+    assert second.exit_code == 0, second.output
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    (rec1,), (rec2,) = (read_run(run)[1] for run in runs)
+    assert rec1["block_size_source"] == "chosen from the warm-up"
+    assert rec2["block_size_source"] == "fixed by the plan"
+    assert rec1["block_size"] == rec2["block_size"] == stored[f"local|onnxruntime|t1|{TINY}"]
+
+
+def test_compare_gives_no_verdict_across_different_block_sizes(tmp_path):
+    import json
+    import shutil
+
+    from harness import compare as cmp
+
+    runs = Path(__file__).parent / "data" / "runs"
+    baseline, current = runs / "20260102T000000Z-bbbbbb", tmp_path / "20260103T000000Z-cccccc"
+    shutil.copytree(runs / current.name, current)
+    records = [json.loads(line) for line in (current / "measurements.jsonl").read_text().splitlines()]
+    for record in records:
+        record["block_size"] = 16
+    (current / "measurements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows = cmp.compare_runs(baseline, current).rows
+    assert rows and all(r["verdict"] == "inconclusive" and "block sizes differ (1 in the baseline, 16 now)"
+                        in r["note"] for r in rows)
+
+
+@pytest.mark.slow
+def test_selftest_checks_energy_against_a_constant_power_sensor():
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    result = CliRunner().invoke(main, ["selftest", "--parts", "energy"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("energy ")]
+    assert len(lines) == 2 and all("uJ/inference" in line and "ratio" in line for line in lines)
