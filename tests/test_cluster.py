@@ -189,7 +189,7 @@ def run(*args: str) -> tuple[object, float]:
 
 
 def only_run(results: Path) -> Path:
-    (path,) = results.iterdir()
+    (path,) = [p for p in results.iterdir() if p.is_dir()]
     return path
 
 

@@ -149,7 +149,7 @@ def test_harness_run_end_to_end(results_dir):
                                        "--min-time", "0.05"])
     assert result.exit_code == 0, result.output
     assert "standard vs separable" in result.output and "results:" in result.output
-    (run_path,) = results_dir.iterdir()
+    (run_path,) = [p for p in results_dir.iterdir() if p.is_dir()]
     info, records = read_run(run_path)
     assert info["status"] == "complete" and info["git"]["commit"] and info["host"]["cores"]
     assert {r["backend"] for r in records} == {"torch", "onnxruntime", "tflite"}
@@ -189,7 +189,7 @@ def test_missing_backend_is_skipped_with_install_hint(tmp_path, results_dir):
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "skipping backend tflite" in result.stdout and "pip install 'convbench[tflite]'" in result.stdout
-    (run_path,) = results_dir.iterdir()
+    (run_path,) = [p for p in results_dir.iterdir() if p.is_dir()]
     info, records = read_run(run_path)
     assert {r["backend"] for r in records} == {"onnxruntime"} and info["skipped"]
 

@@ -59,7 +59,7 @@ def test_run_on_ssh_board_end_to_end(tmp_path, board, results_dir):
     path = devices_file(tmp_path, board)
     result = run("--devices", "board", "--devices-file", str(path), "--workloads", PAIR)
     assert result.exit_code == 0, result.output
-    (run_path,) = results_dir.iterdir()
+    (run_path,) = [p for p in results_dir.iterdir() if p.is_dir()]
     info, records = read_run(run_path)
     assert info["status"] == "complete" and len(records) == 4
     for record in records:
@@ -81,7 +81,7 @@ def test_unknown_host_key_is_refused(tmp_path, board, results_dir):
     path = devices_file(tmp_path, board)
     result = run("--devices", "board", "--devices-file", str(path), "--workloads", PAIR)
     assert result.exit_code == 1  # no job succeeded: the run failed
-    info, records = read_run(next(results_dir.iterdir()))
+    info, records = read_run(next(p for p in results_dir.iterdir() if p.is_dir()))
     assert info["status"] == "failed" and records and all(r["status"] == "error" for r in records)
     assert "trust_new_host" in records[0]["error"]
 
@@ -93,7 +93,7 @@ def test_changed_host_key_is_refused_even_with_trust_new_host(tmp_path, board, r
     board.start()
     result = run("--devices", "board", "--devices-file", str(path), "--workloads", PAIR)
     assert result.exit_code == 1  # no job succeeded: the run failed
-    info, records = read_run(next(results_dir.iterdir()))
+    info, records = read_run(next(p for p in results_dir.iterdir() if p.is_dir()))
     assert info["status"] == "failed" and all(r["status"] == "error" for r in records)
     assert "changed" in records[0]["error"].lower()
 
@@ -119,7 +119,7 @@ def test_board_killed_mid_run_fails_its_jobs_and_the_run_goes_on(tmp_path, board
                                        "--target-ci", "0", "--backends", "onnxruntime"])
     killer.join(timeout=5)
     assert result.exit_code == 0, result.output
-    info, records = read_run(next(results_dir.iterdir()))
+    info, records = read_run(next(p for p in results_dir.iterdir() if p.is_dir()))
     assert info["status"] == "complete"
     board_records = [r for r in records if r["device"] == "board"]
     local_records = [r for r in records if r["device"] == "local"]
@@ -139,7 +139,7 @@ def test_runner_timeout_is_a_job_error(tmp_path, board, results_dir, monkeypatch
                                        "conv-standard-M16-N32-k3-x14-s1", "--backends", "onnxruntime",
                                        "--max-time", "5", "--min-time", "5", "--target-ci", "0"])
     assert result.exit_code == 1  # its only job failed: the run failed
-    _, records = read_run(next(results_dir.iterdir()))
+    _, records = read_run(next(p for p in results_dir.iterdir() if p.is_dir()))
     assert records[0]["status"] == "error" and "timed out" in records[0]["error"]
     deadline = time.monotonic() + 10
     while board.session_processes() and time.monotonic() < deadline:

@@ -43,7 +43,7 @@ def test_ssh_adb_and_local_in_one_run(tmp_path, adb_device, adb_server, results_
         assert result.exit_code == 0, result.output
     finally:
         board.stop()
-    (run_path,) = results_dir.iterdir()
+    (run_path,) = [p for p in results_dir.iterdir() if p.is_dir()]
     info, records = read_run(run_path)
     assert info["status"] == "complete"
     assert [d["name"] for d in info["devices"]] == ["board", "phone", "local"]
