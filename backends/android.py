@@ -56,6 +56,7 @@ from backends.base import (
 from backends.benchmark_model import BenchmarkModelResult, TimingStats, parse_benchmark_output, timing_event
 from backends.protocol import base_record
 from backends.runner import file_sha256
+from harness.registry import Fail, TransportInfo
 
 REMOTE_DIR = "/data/local/tmp/convbench"
 ON_DEVICE_PREFIXES = ("/data/", "/system/")
@@ -863,3 +864,29 @@ class AndroidTransport(Transport):
 
     def close(self) -> None:
         """Nothing stays open: every adb call is its own process; pushed files stay cached on the device."""
+
+
+def _validate(options: Mapping[str, Any], fail: Fail) -> None:
+    if not options.get("serial"):
+        fail("", "adb devices need `serial` (see `adb devices`)")
+
+
+TRANSPORT = TransportInfo(
+    "adb",
+    fields={
+        "serial": "the phone's serial (see `adb devices`), or HOST:PORT for adb over TCP",
+        "adb": "the adb client binary (default adb on PATH)",
+        "benchmark_model": "path of TFLite's benchmark_model on the host to push (default: one on the phone)",
+        "adb_server_port": "port of the adb server (default 5037)",
+        "num_runs": "benchmark_model --num_runs (default: from the timing policy)",
+        "warmup_runs": "benchmark_model --warmup_runs (default: from the timing policy)",
+        "op_profiling": "also run benchmark_model's per-op profiler (default false)",
+    },
+    open=lambda device: AndroidTransport.from_device(device),
+    default_backends=("tflite",),
+    allowed_backends=("tflite",),
+    allowed_backends_why="run benchmark_model, which runs tflite only",
+    delegates=("cpu", "xnnpack", "gpu", "nnapi"),
+    default_delegates=("xnnpack",),
+    validate=_validate,
+)

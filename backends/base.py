@@ -3,7 +3,8 @@
 Vocabulary used throughout convbench:
 
 * a *backend* is a runtime that executes an artifact: ``torch``, ``torch-cuda``,
-  ``onnxruntime``, ``onnxruntime-cuda`` or ``tflite`` (what users pass to ``--backends``);
+  ``onnxruntime``, ``onnxruntime-cuda`` or ``tflite`` (what users pass to ``--backends``;
+  declared in ``harness/registry.py``);
 * a *transport* moves the runner and the artifact to a device and the result back:
   ``local`` (a subprocess), ``ssh`` (paramiko) or ``adb`` (an Android phone).
 
@@ -22,15 +23,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-# Backend name -> (runner runtime, artifact format, optional-extra that provides it).
-BACKENDS: dict[str, tuple[str, str, str]] = {
-    "torch": ("torch", "torch", "core"),
-    "torch-cuda": ("torch", "torch", "core"),
-    "onnxruntime": ("onnxruntime", "onnx", "onnx"),
-    "onnxruntime-cuda": ("onnxruntime", "onnx", "onnx"),
-    "tflite": ("tflite", "tflite", "tflite"),
-}
 
 STATUS_OK = "ok"  # measured, output matches the PyTorch reference (or cannot be checked)
 STATUS_INVALID = "invalid"  # measured, but the number must not be trusted (mismatch, fallback)

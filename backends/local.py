@@ -21,6 +21,7 @@ from typing import Any
 
 from backends.base import Artifact, Job, ResultCallback, TimingPolicy, Transport
 from backends.protocol import RUNNER_PATH, PlanItem, RunnerSession, make_plan, parse_check
+from harness.registry import TransportInfo
 
 STDERR_TAIL = 2000
 
@@ -159,3 +160,16 @@ class LocalTransport(Transport):
         except subprocess.TimeoutExpired:
             return {"usable": False, "problems": ["runner --check timed out after 120s"]}
         return parse_check(done.returncode, done.stdout, done.stderr)
+
+
+def _open(device: Any) -> LocalTransport:
+    return LocalTransport(python=device.option("python"), sysfs_root=device.sysfs_root, energy=device.energy,
+                          cpu_mask=device.cpu_mask)
+
+
+TRANSPORT = TransportInfo(
+    "local",
+    fields={"python": "the Python interpreter that runs the runner (default: the harness's own)"},
+    open=_open,
+    runs_on_host=True,
+)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.base import BACKENDS, STATUS_ERROR, Job, ResultCallback, TimingPolicy
+from backends.base import STATUS_ERROR, Job, ResultCallback, TimingPolicy
+from harness.registry import BACKENDS
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")
 
@@ -35,10 +36,10 @@ def make_plan(
     sysfs_root: str = "/sys",
     energy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    runtime = BACKENDS[backend][0]
+    spec = BACKENDS[backend]
     return {
-        "runtime": runtime,
-        "device": "cuda" if backend.endswith("-cuda") else "cpu",
+        "runtime": spec.runtime,
+        "device": spec.device,
         "threads": threads,
         "policy": policy.to_dict(),
         "sysfs_root": sysfs_root,

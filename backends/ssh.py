@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import secrets
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ from typing import Any
 from backends.base import Artifact, DeviceError, Job, ResultCallback, TimingPolicy, Transport
 from backends.local import batch_timeout
 from backends.protocol import RUNNER_PATH, PlanItem, RunnerSession, make_plan, parse_check
+from harness.registry import Fail, TransportInfo
 
 
 class SshTransport(Transport):
@@ -157,3 +159,43 @@ class SshTransport(Transport):
             self._connection.close()
             self._connection = None
         shutil.rmtree(self._local, ignore_errors=True)
+
+
+_USER_RE = re.compile(r"[A-Za-z0-9_.@][A-Za-z0-9_.@-]*")
+
+
+def _validate(options: Mapping[str, Any], fail: Fail) -> None:
+    from backends.ssh_connection import host_problem
+
+    if not options.get("host"):
+        fail("", "ssh devices need `host` (a hostname, address or ~/.ssh/config alias)")
+    elif problem := host_problem(options["host"]):
+        fail("host", problem)
+    user = options.get("user")
+    if user is not None and not (isinstance(user, str) and _USER_RE.fullmatch(user)):
+        fail("user", f"expected a user name of letters, digits, '.', '_', '-' or '@' (not starting with '-'), "
+                     f"got {user!r}")
+    port = options.get("port")
+    if port is not None and not (isinstance(port, int) and 0 < port < 65536):
+        fail("port", f"expected a port number, got {port!r}")
+    if "trust_new_host" in options and not isinstance(options["trust_new_host"], bool):
+        fail("trust_new_host", "expected true or false")
+
+
+TRANSPORT = TransportInfo(
+    "ssh",
+    fields={
+        "host": "hostname, IP address or ~/.ssh/config alias",
+        "port": "SSH port (default 22, or the ssh config's)",
+        "user": "login user (default: the ssh config's, else yours)",
+        "key": "private key file",
+        "python": "the board's Python (default python3)",
+        "workdir": "remote working directory (default /tmp/convbench)",
+        "trust_new_host": "record an unknown host key on first contact (default false: refuse it)",
+        "known_hosts": "known_hosts file (default ~/.ssh/known_hosts)",
+        "ssh_config": "ssh config file (default ~/.ssh/config)",
+        "connect_timeout": "seconds to wait for the connection (default 10)",
+    },
+    open=lambda device: SshTransport.from_device(device),
+    validate=_validate,
+)

@@ -18,15 +18,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from backends.base import Artifact
 from backends.runner import file_sha256
+from harness.registry import FORMATS
 
-FORMATS = ("torch", "onnx", "tflite")
 ONNX_OPSET = 18
-_FILENAMES = {"torch": "model.pt2", "onnx": "model.onnx", "tflite": "model.tflite"}
-_EXPORTER_DISTS = {"torch": ("torch",), "onnx": ("torch", "onnx", "onnxscript"),
-                   "tflite": ("torch", "litert-torch")}
 
 
 class ExportError(RuntimeError):
@@ -54,7 +52,7 @@ def definition_hash() -> str:
 
 
 def artifact_dir(workload_id: str, fmt: str) -> Path:
-    versions = "-".join(f"{d}={_version(d)}" for d in _EXPORTER_DISTS[fmt])
+    versions = "-".join(f"{d}={_version(d)}" for d in FORMATS[fmt].exporter_dists)
     key = hashlib.sha256(f"{definition_hash()}|{fmt}|{versions}|opset{ONNX_OPSET}".encode()).hexdigest()[:16]
     return cache_root() / "artifacts" / workload_id / f"{fmt}-{key}"
 
@@ -64,7 +62,7 @@ def _load_cached(folder: Path, workload_id: str, fmt: str) -> Artifact | None:
     if not meta_path.exists():
         return None
     meta = json.loads(meta_path.read_text())
-    return Artifact(workload_id, fmt, folder / _FILENAMES[fmt], folder / "input.npy",
+    return Artifact(workload_id, fmt, folder / FORMATS[fmt].filename, folder / "input.npy",
                     folder / "reference_output.npy", meta["layout"], meta["sha256"])
 
 
@@ -94,6 +92,33 @@ def _quiet(log_path: Path) -> Iterator[None]:
                 os.close(fd)
 
 
+def export_torch(module: Any, example: Any, reference: Any, path: Path) -> tuple[Any, Any, str]:
+    import torch
+
+    torch.export.save(torch.export.export(module, (example,)), str(path))
+    return example, reference, "NCHW"
+
+
+def export_onnx(module: Any, example: Any, reference: Any, path: Path) -> tuple[Any, Any, str]:
+    import torch
+
+    torch.onnx.export(module, (example,), str(path), opset_version=ONNX_OPSET, dynamo=True,
+                      external_data=False, input_names=["input"], output_names=["output"])
+    return example, reference, "NCHW"
+
+
+def export_tflite(module: Any, example: Any, reference: Any, path: Path) -> tuple[Any, Any, str]:
+    """NHWC input (and output for feature maps), so no transposes are timed on the device."""
+    import litert_torch
+
+    nhwc = litert_torch.to_channel_last_io(module, args=[0], outputs=[0] if reference.dim() == 4 else [])
+    example = example.permute(0, 2, 3, 1).contiguous()
+    if reference.dim() == 4:
+        reference = reference.permute(0, 2, 3, 1).contiguous()
+    litert_torch.convert(nhwc.eval(), (example,)).export(str(path))
+    return example, reference, "NHWC"
+
+
 def _export(workload_id: str, fmt: str, folder: Path) -> None:
     import numpy as np
     import torch
@@ -105,29 +130,21 @@ def _export(workload_id: str, fmt: str, folder: Path) -> None:
     module, example = built.module, built.example_input
     with torch.inference_mode():
         reference = module(example)
-    path = folder / _FILENAMES[fmt]
-    layout = "NCHW"
-    if fmt == "torch":
-        program = torch.export.export(module, (example,))
-        torch.export.save(program, str(path))
-    elif fmt == "onnx":
-        torch.onnx.export(module, (example,), str(path), opset_version=ONNX_OPSET, dynamo=True,
-                          external_data=False, input_names=["input"], output_names=["output"])
-    elif fmt == "tflite":
-        import litert_torch
-
-        nhwc = litert_torch.to_channel_last_io(module, args=[0], outputs=[0] if reference.dim() == 4 else [])
-        example = example.permute(0, 2, 3, 1).contiguous()
-        if reference.dim() == 4:
-            reference = reference.permute(0, 2, 3, 1).contiguous()
-        litert_torch.convert(nhwc.eval(), (example,)).export(str(path))
-        layout = "NHWC"
+    path = folder / FORMATS[fmt].filename
+    example, reference, layout = FORMATS[fmt].export_function()(module, example, reference, path)
     np.save(folder / "input.npy", example.numpy())
     np.save(folder / "reference_output.npy", reference.numpy())
     (folder / "meta.json").write_text(json.dumps({
         "workload_id": workload_id, "format": fmt, "layout": layout, "sha256": file_sha256(path),
         "exported_at": time.time(), "definition_hash": definition_hash(),
     }, indent=2))
+
+
+def artifact_for(workload_id: str, backend: str) -> Artifact:
+    """The artifact a backend runs for a workload (exported now if not cached)."""
+    from harness.registry import BACKENDS
+
+    return get_artifact(workload_id, BACKENDS[backend].format)[0]
 
 
 def get_artifact(workload_id: str, fmt: str) -> tuple[Artifact, bool]:

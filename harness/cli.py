@@ -145,7 +145,7 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
     from backends.base import TimingPolicy
     from harness import devices as devices_mod
     from harness import plan
-    from harness.run import execute, install_hint, missing_modules
+    from harness.run import execute
     from harness.store import default_results_dir
 
     min_time = _min_time_for(min_time, max_time)
@@ -162,18 +162,9 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
     console = Console(stderr=False)
     for note in notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
-    skipped: list[str] = []
-    usable_backends = set()
-    for backend in {b for d in selected for b in d.backends}:
-        local = any(d.transport == "local" and backend in d.backends for d in selected)
-        missing = missing_modules(backend, local)
-        if missing and (backend_list is None or backend in backend_list):
-            message = f"skipping backend {backend}: {', '.join(missing)} not installed; {install_hint(backend)}"
-            skipped.append(message)
-            console.print(message, style="yellow", markup=False, soft_wrap=True)
-        elif not missing:
-            usable_backends.add(backend)
-    chosen = [b for b in (backend_list or sorted(usable_backends)) if b in usable_backends]
+    chosen, skipped = plan.available_backends(selected, backend_list)
+    for message in skipped:
+        console.print(message, style="yellow", markup=False, soft_wrap=True)
     jobs = plan.make_jobs(selected, plan.Selection(workload_list, chosen, thread_list))
     if not jobs:
         raise UserError("nothing to run: no selected device offers the selected backends "

@@ -15,34 +15,25 @@ from typing import Any
 
 import yaml
 
-from backends.base import BACKENDS
-from backends.ssh_connection import host_problem
+from harness import registry
 from harness.errors import UserError
+from harness.registry import BACKENDS
 
 MAX_FILE_BYTES = 1 << 20  # a devices file is a few kilobytes; more is a mistake or an attack
 MAX_VALUES = 50_000  # values after expanding YAML aliases (a large lab's file has a few thousand)
 MAX_DEPTH = 32  # nesting of lists and mappings
 
-TRANSPORTS = ("local", "ssh", "adb")
 ENERGY_SENSORS = ("auto", "none", "rapl", "hwmon", "ina3221", "power_supply", "battery", "nvml")
-DELEGATES = ("cpu", "xnnpack", "gpu", "nnapi")
 ENERGY_FIELDS = {  # what the runner (backends/runner.py) and the adb transport read
     "sensor": "the sensor",
     "path": "a sysfs path (hwmon, ina3221, power_supply)",
     "index": "a GPU index for nvml (0, 1, ...)",
     "supply": "a power_supply name on an adb device (default battery)",
 }
-_USER_RE = re.compile(r"[A-Za-z0-9_.@][A-Za-z0-9_.@-]*")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 COMMON_FIELDS = {"name", "transport", "backends", "threads", "cpu_mask", "delegates", "energy", "thermal",
                  "sysfs_root", "description"}
-TRANSPORT_FIELDS = {
-    "local": {"python"},
-    "ssh": {"host", "port", "user", "key", "python", "workdir", "trust_new_host", "known_hosts",
-            "ssh_config", "connect_timeout"},
-    "adb": {"serial", "adb", "benchmark_model", "adb_server_port", "num_runs", "warmup_runs", "op_profiling"},
-}
 
 
 class DevicesFileError(UserError):
@@ -213,28 +204,31 @@ def _parse_device(raw: Any, index: int, checker: _Checker) -> Device | None:
         checker.fail((*key, "name"), f"expected a name of letters, digits, '-', '_' or '.', got {name!r}")
         return None
     transport = raw.get("transport")
-    if transport not in TRANSPORTS:
-        checker.fail((*key, "transport"), f"expected one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    if transport not in registry.TRANSPORT_MODULES:
+        checker.fail((*key, "transport"), f"expected one of {', '.join(registry.TRANSPORT_MODULES)}, "
+                                          f"got {transport!r}")
         return None
-    allowed = COMMON_FIELDS | TRANSPORT_FIELDS[transport]
+    info = registry.transport(transport)
+    allowed = COMMON_FIELDS | set(info.fields)
     for unknown in sorted(set(raw) - allowed):
         checker.fail((*key, unknown), f"unknown field for a {transport} device; expected one of "
                                       f"{', '.join(sorted(allowed))}")
-    default_backends = ["tflite"] if transport == "adb" else ["torch", "onnxruntime", "tflite"]
-    backends = _as_list(raw.get("backends", default_backends))
+    backends = _as_list(raw.get("backends", list(info.default_backends)))
     for backend in backends:
         if backend not in BACKENDS:
             checker.fail((*key, "backends"), f"unknown backend {backend!r}; expected {', '.join(BACKENDS)}")
-    if transport == "adb" and set(backends) - {"tflite"}:
-        checker.fail((*key, "backends"), "adb devices run benchmark_model, which runs tflite only")
+    if info.allowed_backends is not None and set(backends) - set(info.allowed_backends):
+        why = info.allowed_backends_why or f"run {', '.join(info.allowed_backends)} only"
+        checker.fail((*key, "backends"), f"{transport} devices {why}")
     threads = _as_list(raw.get("threads", [1]))
     if not threads or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in threads):
         checker.fail((*key, "threads"), f"expected a list of positive integers, got {raw.get('threads')!r}")
         threads = [1]
-    delegates = _as_list(raw.get("delegates", ["xnnpack"] if transport == "adb" else []))
+    delegates = _as_list(raw.get("delegates", list(info.default_delegates)))
     for delegate in delegates:
-        if delegate not in DELEGATES:
-            checker.fail((*key, "delegates"), f"unknown delegate {delegate!r}; expected {', '.join(DELEGATES)}")
+        if delegate not in info.delegates:
+            expected = ", ".join(info.delegates) if info.delegates else f"none: {transport} devices take no delegates"
+            checker.fail((*key, "delegates"), f"unknown delegate {delegate!r}; expected {expected}")
     cpu_mask = raw.get("cpu_mask")
     if cpu_mask is not None:
         cpu_mask = str(cpu_mask)
@@ -268,23 +262,8 @@ def _parse_device(raw: Any, index: int, checker: _Checker) -> Device | None:
                               else None, float(thermal_raw.get("max_wait_s", 120)))
         except (TypeError, ValueError):
             checker.fail((*key, "thermal"), "cooldown_c and max_wait_s must be numbers")
-    options = {k: v for k, v in raw.items() if k in TRANSPORT_FIELDS[transport]}
-    if transport == "ssh":
-        if not options.get("host"):
-            checker.fail(key, "ssh devices need `host` (a hostname, address or ~/.ssh/config alias)")
-        elif problem := host_problem(options["host"]):
-            checker.fail((*key, "host"), problem)
-        user = options.get("user")
-        if user is not None and not (isinstance(user, str) and _USER_RE.fullmatch(user)):
-            checker.fail((*key, "user"), f"expected a user name of letters, digits, '.', '_', '-' or '@' "
-                                         f"(not starting with '-'), got {user!r}")
-        port = options.get("port")
-        if port is not None and not (isinstance(port, int) and 0 < port < 65536):
-            checker.fail((*key, "port"), f"expected a port number, got {port!r}")
-        if "trust_new_host" in options and not isinstance(options["trust_new_host"], bool):
-            checker.fail((*key, "trust_new_host"), "expected true or false")
-    if transport == "adb" and not options.get("serial"):
-        checker.fail(key, "adb devices need `serial` (see `adb devices`)")
+    options = {k: v for k, v in raw.items() if k in info.fields}
+    info.validate(options, lambda name, message: checker.fail((*key, name) if name else key, message))
     return Device(name, transport, tuple(backends), tuple(threads), cpu_mask, tuple(delegates), energy,
                   thermal, str(raw.get("sysfs_root", "/sys")), options,
                   f"{checker.path}:{checker.lines.get(key, 1)}")
@@ -351,7 +330,7 @@ def default_devices_path() -> Path:
 
 def local_device() -> Device:
     """The implicit device when no devices.yaml exists."""
-    return Device("local", "local", ("torch", "onnxruntime", "tflite"), source="built-in")
+    return Device("local", "local", registry.transport("local").default_backends, source="built-in")
 
 
 def select(devices: dict[str, Device], names: list[str]) -> list[Device]:

@@ -1,8 +1,8 @@
 """Run jobs on their devices: one worker thread per device, devices in parallel.
 
 Each device runs its jobs in sequence, batch by batch ((backend, threads, delegate)
-groups).  Local transports share one lock, so local jobs never overlap each other
-(or the timing of one would include the load of another).  A device that fails as a
+groups).  Transports whose runner runs on this host share one lock, so their jobs never
+overlap each other (or the timing of one would include the load of another).  A device that fails as a
 whole marks its remaining jobs failed with the reason; the other devices finish.
 """
 
@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.base import STATUS_ERROR, Artifact, DeviceError, Job, TimingPolicy, Transport, error_record
+from harness import registry
 from harness.devices import Device
 
-LOCAL_LOCK = threading.Lock()
+HOST_LOCK = threading.Lock()  # jobs whose runner runs on this host never overlap
 # After Ctrl-C (or SIGTERM/SIGHUP), how long devices get to stop their runners and clean up.
 STOP_GRACE_S = 30.0
 
@@ -34,21 +35,8 @@ StateCallback = Callable[[str, str], None]  # (device, state text)
 
 
 def make_transport(device: Device) -> Transport:
-    """The transport object for a device (heavy imports happen here, per transport)."""
-    if device.transport == "local":
-        from backends.local import LocalTransport
-
-        return LocalTransport(python=device.option("python"), sysfs_root=device.sysfs_root,
-                              energy=device.energy, cpu_mask=device.cpu_mask)
-    if device.transport == "ssh":
-        from backends.ssh import SshTransport
-
-        return SshTransport.from_device(device)
-    if device.transport == "adb":
-        from backends.android import AndroidTransport
-
-        return AndroidTransport.from_device(device)
-    raise ValueError(f"unknown transport {device.transport!r}")
+    """The transport object for a device, as its transport module opens it."""
+    return registry.transport(device.transport).open(device)
 
 
 @dataclass
@@ -107,7 +95,7 @@ def _run_device(work: DeviceWork, artifacts: Mapping[str, Mapping[str, Artifact]
             if not runnable:
                 continue
             on_state(device.name, f"{runnable[0].backend} t{runnable[0].threads}")
-            lock = LOCAL_LOCK if device.transport == "local" else contextlib.nullcontext()
+            lock = HOST_LOCK if registry.transport(device.transport).runs_on_host else contextlib.nullcontext()
             with lock:
                 transport.run_batch(runnable, artifacts[runnable[0].backend], policy, emit)
         on_state(device.name, "done" if not stop.is_set() else "stopped")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.base import BACKENDS, Job
+from backends.base import Job
 from harness import workloads as registry
 from harness.devices import Device
 from harness.errors import UserError
+from harness.registry import BACKENDS, transport
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def make_jobs(devices: list[Device], selection: Selection) -> list[Job]:
     for device in devices:
         backends = [b for b in device.backends if selection.backends is None or b in selection.backends]
         threads = selection.threads or list(device.threads)
-        delegates: list[str | None] = list(device.delegates) if device.transport == "adb" else [None]
+        delegates: list[str | None] = (list(device.delegates) if transport(device.transport).delegates
+                                       else [None])
         for backend in backends:
             for thread_count in threads:
                 for delegate in delegates:
@@ -87,3 +89,21 @@ def make_jobs(devices: list[Device], selection: Selection) -> list[Job]:
                         jobs.append(Job(f"{device.name}/{tag}/t{thread_count}/{workload_id}", workload_id,
                                         device.name, backend, thread_count, delegate))
     return jobs
+
+
+def available_backends(devices: list[Device], requested: list[str] | None) -> tuple[list[str], list[str]]:
+    """(backends to run, one message per requested backend this host cannot export or run).
+
+    A backend is skipped when this host lacks what exports its artifact, or, for a device whose
+    runner runs on this host, what runs it; the message carries the install hint.
+    """
+    usable, skipped = set(), []
+    for name in sorted({b for d in devices for b in d.backends}):
+        on_host = any(transport(d.transport).runs_on_host and name in d.backends for d in devices)
+        missing = BACKENDS[name].missing_modules(on_host)
+        if not missing:
+            usable.add(name)
+        elif requested is None or name in requested:
+            skipped.append(f"skipping backend {name}: {', '.join(missing)} not installed; "
+                           f"{BACKENDS[name].install_hint()}")
+    return [b for b in (requested or sorted(usable)) if b in usable], skipped

@@ -15,35 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.base import BACKENDS, Artifact, Job, TimingPolicy
+from backends.base import Artifact, Job, TimingPolicy
 from harness import __version__, block_sizes
 from harness.devices import Device
 from harness.dispatch import DeviceWork, StopDispatch, dispatch
 from harness.errors import UserError
 from harness.records import finalize
+from harness.registry import BACKENDS
 from harness.store import DiskFull, RunWriter
-
-# backend -> modules needed on the host: to export its artifact, and (locally) to run it.
-_EXPORT_NEEDS = {"torch": ("torch",), "onnx": ("onnx", "onnxscript"), "tflite": ("litert_torch",)}
-_RUN_NEEDS = {"torch": ("torch",), "onnxruntime": ("onnxruntime",), "tflite": ("ai_edge_litert",)}
-
-
-def install_hint(backend: str) -> str:
-    extra = BACKENDS[backend][2]
-    return "pip install convbench" if extra == "core" else f"pip install 'convbench[{extra}]'"
-
-
-def missing_modules(backend: str, local: bool) -> list[str]:
-    runtime, fmt, _ = BACKENDS[backend]
-    needs = list(_EXPORT_NEEDS[fmt]) + (list(_RUN_NEEDS[runtime]) if local else [])
-    return [m for m in needs if not _importable(m)]
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def git_commit() -> dict[str, Any]:
@@ -145,7 +124,7 @@ def export_artifacts(jobs: list[Job], report: Any) -> tuple[dict[str, dict[str, 
 
     needed: dict[tuple[str, str], None] = {}
     for job in jobs:
-        needed[(job.workload_id, BACKENDS[job.backend][1])] = None
+        needed[(job.workload_id, BACKENDS[job.backend].format)] = None
     by_format: dict[str, dict[str, Artifact]] = {}
     failures: dict[tuple, str] = {}
     for index, (workload_id, fmt) in enumerate(needed, start=1):
@@ -161,7 +140,7 @@ def export_artifacts(jobs: list[Job], report: Any) -> tuple[dict[str, dict[str, 
         if exported:
             report(f"[{index}/{len(needed)}] exported {workload_id} -> {fmt} "
                    f"in {time.monotonic() - started:.1f}s", True)
-    artifacts = {backend: by_format.get(BACKENDS[backend][1], {}) for backend in {j.backend for j in jobs}}
+    artifacts = {backend: by_format.get(BACKENDS[backend].format, {}) for backend in {j.backend for j in jobs}}
     return artifacts, failures
 
 
@@ -212,7 +191,7 @@ def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, result
                     artifacts, failures = export_artifacts(jobs, report)
                 artifact_of = {(j.job_id): artifacts[j.backend].get(j.workload_id) for j in jobs}
                 for job in jobs:
-                    failure = failures.get((job.workload_id, BACKENDS[job.backend][1]))
+                    failure = failures.get((job.workload_id, BACKENDS[job.backend].format))
                     if failure:
                         store(finalize({"job_id": job.job_id, "workload_id": job.workload_id,
                                         "device": job.device, "backend": job.backend, "threads": job.threads,

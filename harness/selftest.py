@@ -36,7 +36,6 @@ AGREEMENT_WORKLOADS = {
     "tflite": ["mobilenet_v2-1.0-224", "conv-standard-M128-N128-k3-x56-s1"],
 }
 TRIVIAL = "conv-pointwise-M1-N1-k1-x1-s1-nobn"
-_FORMAT = {"torch": "torch", "onnxruntime": "onnx", "tflite": "tflite"}
 PARTS = ("agreement", "overhead", "adaptive", "quick", "block", "memory", "energy")
 BLOCK_TIMED = "conv-depthwise-M32-N32-k3-x28-s1"  # ~10-30 us per call: timed in blocks
 MEMORY_WORKLOAD = "mobilenet_v2-1.0-224"
@@ -236,13 +235,13 @@ def _convbench_median(backend: str, workload_id: str, policy: TimingPolicy) -> d
 
 def agreement(seconds: float, rounds: int, log: Any) -> list[dict[str, Any]]:
     """Both comparisons: interleaved in one process (the figure), and separate processes."""
-    from harness.artifacts import get_artifact
+    from harness.artifacts import artifact_for
 
     policy = TimingPolicy(min_seconds=seconds, max_seconds=seconds, target_ci_rel_width=0.0)
     rows = []
     for backend, workload_ids in AGREEMENT_WORKLOADS.items():
         for workload_id in workload_ids:
-            artifact = get_artifact(workload_id, _FORMAT[backend])[0]
+            artifact = artifact_for(workload_id, backend)
             method = "blocked_autorange" if backend == "torch" else "bare perf_counter_ns loop"
             inter = _subprocess_json(["--interleaved", backend, str(artifact.path), str(artifact.input_path),
                                       str(max(4, rounds * 4)), str(max(0.2, seconds / 4))])
@@ -280,9 +279,10 @@ def quick_suite_wall(log: Any, results_dir: Path) -> dict[str, Any]:
     # Warm the artifact cache first, so the timed run measures measuring only.
     from harness import workloads as registry
     from harness.artifacts import get_artifact
+    from harness.registry import FORMATS
 
     for workload_id in registry.suite("quick"):
-        for fmt in ("torch", "onnx", "tflite"):
+        for fmt in FORMATS:
             get_artifact(workload_id, fmt)
     start = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
@@ -317,11 +317,11 @@ def adaptive_vs_fixed(log: Any) -> list[dict[str, Any]]:
 
 def block_timing(rounds: int, log: Any) -> list[dict[str, Any]]:
     """A layer fast enough to be timed in blocks: convbench's median vs timeit, same process."""
-    from harness.artifacts import get_artifact
+    from harness.artifacts import artifact_for
 
     rows = []
     for backend in ("onnxruntime", "tflite"):
-        artifact = get_artifact(BLOCK_TIMED, _FORMAT[backend])[0]
+        artifact = artifact_for(BLOCK_TIMED, backend)
         row = _subprocess_json(["--block", backend, str(artifact.path), str(artifact.input_path),
                                 str(max(4, rounds * 4)), "0.5"])
         row.update(backend=backend, workload_id=BLOCK_TIMED)
@@ -336,10 +336,10 @@ def _local_records(backend: str, workload_ids: list[str], policy: TimingPolicy, 
         -> list[dict[str, Any]]:
     """Jobs of one batch, measured by the local transport exactly as ``harness run`` does."""
     from backends.local import LocalTransport
-    from harness.artifacts import get_artifact
+    from harness.artifacts import artifact_for
     from harness.records import finalize
 
-    artifacts = {w: get_artifact(w, _FORMAT[backend])[0] for w in workload_ids}
+    artifacts = {w: artifact_for(w, backend) for w in workload_ids}
     jobs = [Job(f"selftest/{backend}/{i}/{w}", w, "local", backend, 1) for i, w in enumerate(workload_ids)]
     records: list[dict[str, Any]] = []
     LocalTransport(**transport).run_batch(jobs, artifacts, policy,
@@ -352,14 +352,14 @@ def _local_records(backend: str, workload_ids: list[str], policy: TimingPolicy, 
 
 def memory(log: Any) -> list[dict[str, Any]]:
     """A job's peak RSS, measured right after a large model, vs a fresh process with the model alone."""
-    from harness.artifacts import get_artifact
+    from harness.artifacts import artifact_for
 
     policy = TimingPolicy(min_runs=20, min_seconds=0.2, max_seconds=1.0, target_ci_rel_width=0.0)
     rows = []
     for backend in ("onnxruntime", "tflite", "torch"):
         records = _local_records(backend, [MEMORY_BEFORE, MEMORY_WORKLOAD], policy)
         mem = records[-1]["memory"]
-        artifact = get_artifact(MEMORY_WORKLOAD, _FORMAT[backend])[0]
+        artifact = artifact_for(MEMORY_WORKLOAD, backend)
         inferences = records[-1].get("inferences") or 50
         fresh = _subprocess_json(["--fresh-peak", backend, str(artifact.path), str(artifact.input_path),
                                   str(min(inferences, 200))])

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from backends.base import STATUS_ERROR, Job, TimingPolicy
 from backends.local import LocalTransport
-from harness.artifacts import ONNX_OPSET, get_artifact
+from harness.artifacts import ONNX_OPSET, artifact_for, get_artifact
 from harness.cli import main
 from harness.records import finalize
 from harness.store import RunWriter, load_frame, read_run, resolve_run
@@ -22,13 +22,12 @@ from harness.store import RunWriter, load_frame, read_run, resolve_run
 SMALL = "conv-separable-M16-N32-k3-x14-s1"
 SMALL_STD = "conv-standard-M16-N32-k3-x14-s1"
 FAST = TimingPolicy(warmup_runs=2, warmup_seconds=0.0, min_runs=5, min_seconds=0.05, max_seconds=0.3)
-BACKEND_FORMAT = {"torch": "torch", "onnxruntime": "onnx", "tflite": "tflite"}
 
 pytestmark = pytest.mark.slow
 
 
 def artifacts_for(backend, *workloads):
-    return {w: get_artifact(w, BACKEND_FORMAT[backend])[0] for w in workloads}
+    return {w: artifact_for(w, backend) for w in workloads}
 
 
 def run_local(backend, workloads, policy=FAST, **transport_args):

@@ -14,13 +14,12 @@ import pytest
 from backends import adb, runner
 from backends.base import Job, TimingPolicy
 from backends.local import LocalTransport
-from harness.artifacts import get_artifact
+from harness.artifacts import artifact_for
 from harness.records import finalize
 
 TINY = "conv-pointwise-M1-N1-k1-x1-s1-nobn"  # a few microseconds a call: always timed in blocks
 SMALL = "conv-separable-M16-N32-k3-x14-s1"
 LARGE = "mobilenet_v1_conv-1.0-224"  # the standard-conv twin: ~4.9 GMAC, ~120 MB of weights
-FORMAT = {"torch": "torch", "onnxruntime": "onnx", "tflite": "tflite"}
 
 
 def write(root: Path, relative: str, text: str) -> Path:
@@ -32,7 +31,7 @@ def write(root: Path, relative: str, text: str) -> Path:
 
 def measure_batch(backend: str, workloads: list[str], policy: TimingPolicy, options: dict | None = None,
                   **transport) -> list[dict]:
-    artifacts = {w: get_artifact(w, FORMAT[backend])[0] for w in workloads}
+    artifacts = {w: artifact_for(w, backend) for w in workloads}
     jobs = [Job(f"t/{i}/{w}", w, "local", backend, 1, options=options or {}) for i, w in enumerate(workloads)]
     records: list[dict] = []
     LocalTransport(**transport).run_batch(

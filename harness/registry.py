@@ -1,0 +1,122 @@
+"""THE registry: what each backend is, and which transports exist.
+
+A *backend* is what users pass to ``--backends``: a runtime that executes one artifact
+format on one kind of processor. Everything convbench needs to know about one lives in its
+``Backend`` entry here: the artifact format (and so the exporter), the runner's runtime, the
+modules it needs on the host, the optional extra that installs them, the install hint.
+
+A *transport* moves the runner and artifacts to a device. Each transport module declares a
+``TRANSPORT = TransportInfo(...)`` with its devices.yaml fields, their validation and its
+capabilities; ``TRANSPORT_MODULES`` below names the modules. Adding a backend touches this
+file and the runner's runtime class; adding a transport touches one module of ``backends/``,
+its line here, and its tests.
+
+This module imports nothing heavy: ``harness --help`` and devices.yaml validation use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ArtifactFormat:
+    name: str  # "torch" (.pt2), "onnx", "tflite"
+    filename: str
+    exporter: str  # "module:function" writing (module, example input, reference output) to a path
+    export_modules: tuple[str, ...]  # needed on the host to export it
+    exporter_dists: tuple[str, ...]  # distributions whose versions key the artifact cache
+
+    def export_function(self) -> Callable[..., Any]:
+        module, function = self.exporter.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    format: str  # key of FORMATS
+    runtime: str  # the runner's runtime (backends/runner.py RUNTIMES)
+    device: str  # "cpu" or "cuda": where the runtime computes
+    run_modules: tuple[str, ...]  # needed wherever the runner runs it (this host, for local devices)
+    extra: str  # the pyproject extra that installs them ("core": always installed)
+
+    def install_hint(self) -> str:
+        return "pip install convbench" if self.extra == "core" else f"pip install 'convbench[{self.extra}]'"
+
+    def missing_modules(self, runs_on_host: bool) -> list[str]:
+        """Modules this host lacks to export the artifact, and to run it when the device is this host."""
+        needs = [*FORMATS[self.format].export_modules, *(self.run_modules if runs_on_host else ())]
+        return [m for m in dict.fromkeys(needs) if not _importable(m)]
+
+
+FORMATS: dict[str, ArtifactFormat] = {f.name: f for f in (
+    ArtifactFormat("torch", "model.pt2", "harness.artifacts:export_torch", ("torch",), ("torch",)),
+    ArtifactFormat("onnx", "model.onnx", "harness.artifacts:export_onnx", ("onnx", "onnxscript"),
+                   ("torch", "onnx", "onnxscript")),
+    ArtifactFormat("tflite", "model.tflite", "harness.artifacts:export_tflite", ("litert_torch",),
+                   ("torch", "litert-torch")),
+)}
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("torch", "torch", "torch", "cpu", ("torch",), "core"),
+    Backend("torch-cuda", "torch", "torch", "cuda", ("torch",), "core"),
+    Backend("onnxruntime", "onnx", "onnxruntime", "cpu", ("onnxruntime",), "onnx"),
+    Backend("onnxruntime-cuda", "onnx", "onnxruntime", "cuda", ("onnxruntime",), "onnx"),
+    Backend("tflite", "tflite", "tflite", "cpu", ("ai_edge_litert",), "tflite"),
+)}
+
+
+def backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise KeyError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}") from None
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------- transports
+Fail = Callable[[str, str], None]  # (field, message): a devices.yaml error at that field's line
+
+
+@dataclass(frozen=True)
+class TransportInfo:
+    """What a transport declares about itself (``TRANSPORT`` in its module)."""
+
+    name: str
+    fields: Mapping[str, str]  # its own devices.yaml fields -> what each holds
+    open: Callable[[Any], Any]  # Device -> Transport (heavy imports happen here)
+    default_backends: tuple[str, ...] = ("torch", "onnxruntime", "tflite")
+    allowed_backends: tuple[str, ...] | None = None  # None: every backend
+    allowed_backends_why: str = ""  # e.g. "run benchmark_model, which runs tflite only"
+    delegates: tuple[str, ...] = ()  # delegates a job may request (empty: none)
+    default_delegates: tuple[str, ...] = ()
+    # The runner runs in this host's Python: its jobs must never overlap other such jobs (the
+    # timing of one would include the load of another), and its backends' modules must be here.
+    runs_on_host: bool = False
+    validate: Callable[[Mapping[str, Any], Fail], None] = field(default=lambda options, fail: None)
+
+
+TRANSPORT_MODULES: dict[str, str] = {
+    "local": "backends.local",
+    "ssh": "backends.ssh",
+    "adb": "backends.android",
+}
+
+
+def transport(name: str) -> TransportInfo:
+    try:
+        module = TRANSPORT_MODULES[name]
+    except KeyError:
+        raise KeyError(f"unknown transport {name!r}; expected one of {', '.join(TRANSPORT_MODULES)}") from None
+    return importlib.import_module(module).TRANSPORT
