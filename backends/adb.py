@@ -461,7 +461,7 @@ class PowerSample(NamedTuple):
 def power_supply_units(current_raw: float | str, voltage_raw: float | str) -> PowerSample:
     """Raw ``current_now``/``voltage_now`` in SI units, by the runner's one unit rule.
 
-    The rule lives in ``backends/runner.py`` (``power_supply_units``) because boards read
+    The rule lives in ``backends/runner/energy.py`` (``power_supply_units``) because boards read
     the same sysfs files through the runner; both sides must agree on what 15000 means.
     """
     return PowerSample(*runner.power_supply_units(current_raw, voltage_raw))

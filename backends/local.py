@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Artifact, Job, ResultCallback, TimingPolicy, Transport
-from backends.protocol import RUNNER_PATH, PlanItem, RunnerSession, make_plan, parse_check
+from backends.protocol import PlanItem, RunnerSession, make_plan, parse_check
+from backends.runner import zipapp_path
 from harness.registry import TransportInfo
 
 STDERR_TAIL = 2000
@@ -70,7 +71,7 @@ class LocalTransport(Transport):
                 _kill_group(self._process)
 
     def _command(self, plan_path: Path) -> list[str]:
-        command = [self.python, str(RUNNER_PATH), str(plan_path)]
+        command = [self.python, str(zipapp_path()), str(plan_path)]
         if self.cpu_mask:
             command = ["taskset", self.cpu_mask, *command]
         return command
@@ -153,7 +154,7 @@ class LocalTransport(Transport):
         session.done.add(crashed.job.job_id)
 
     def check(self) -> dict[str, Any]:
-        command = [self.python, str(RUNNER_PATH), "--check", json.dumps({"sysfs_root": self.sysfs_root,
+        command = [self.python, str(zipapp_path()), "--check", json.dumps({"sysfs_root": self.sysfs_root,
                                                                         "energy": self.energy})]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=120)

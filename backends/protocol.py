@@ -1,4 +1,4 @@
-"""The host side of the runner protocol, shared by every transport that runs ``runner.py``.
+"""The host side of the runner protocol, shared by every transport that runs ``runner.pyz``.
 
 A transport decides *where* files live and *how* the runner process is started (a local
 subprocess, a command over SSH); this module builds the plan the runner reads and turns
@@ -15,8 +15,6 @@ from typing import Any
 
 from backends.base import STATUS_ERROR, Job, ResultCallback, TimingPolicy
 from harness.registry import BACKENDS
-
-RUNNER_PATH = Path(__file__).with_name("runner.py")
 
 
 @dataclass
@@ -121,7 +119,7 @@ def base_record(job: Job, transport: str) -> dict[str, Any]:
 
 
 def parse_check(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
-    """The result of ``runner.py --check`` as a device check: usable, problems, facts."""
+    """The result of ``runner.pyz --check`` as a device check: usable, problems, facts."""
     doc = None
     for line in stdout.splitlines():
         if line.startswith("{"):

@@ -2,7 +2,7 @@
 
 Remote layout under the device's ``workdir`` (default ``/tmp/convbench``):
 
-* ``runner.py``: the same self-contained runner the local transport uses;
+* ``runner.pyz``: the same self-contained runner (a zipapp) the local transport uses;
 * ``cache/<artifact-key>/``: artifacts and reference inputs, content-addressed, so an
   upload is skipped when the remote file already has the same sha256;
 * ``runs/<token>/``: the plan and outputs of one connection, removed when it closes.
@@ -25,7 +25,8 @@ from typing import Any
 
 from backends.base import Artifact, DeviceError, Job, ResultCallback, TimingPolicy, Transport
 from backends.local import batch_timeout
-from backends.protocol import RUNNER_PATH, PlanItem, RunnerSession, make_plan, parse_check
+from backends.protocol import PlanItem, RunnerSession, make_plan, parse_check
+from backends.runner import zipapp_path
 from harness.registry import Fail, TransportInfo
 
 
@@ -45,7 +46,7 @@ class SshTransport(Transport):
         self._connection: Any = None
         self._run_dir = posixpath.join(self.workdir, "runs", secrets.token_hex(6))
         self._local = Path(tempfile.mkdtemp(prefix="convbench-ssh-"))
-        self._runner_remote = posixpath.join(self.workdir, "runner.py")
+        self._runner_remote = posixpath.join(self.workdir, "runner.pyz")
         self._runner_pushed = False
 
     @classmethod
@@ -79,7 +80,7 @@ class SshTransport(Transport):
 
     def _push_runner(self, conn: Any) -> None:
         if not self._runner_pushed:
-            conn.put(RUNNER_PATH, self._runner_remote)
+            conn.put(zipapp_path(), self._runner_remote)
             self._runner_pushed = True
 
     def _push_artifact(self, conn: Any, artifact: Artifact) -> tuple[str, str]:

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from backends import runner
 from backends.base import Job, TimingPolicy
-from backends.protocol import RUNNER_PATH
 
 AGREEMENT_WORKLOADS = {
     "torch": ["mobilenet_v2-1.0-224", "conv-standard-M128-N128-k3-x56-s1"],
@@ -56,8 +56,6 @@ def _bare_call(backend: str, model: str, array: Any) -> Any:
         feeds = {session.get_inputs()[0].name: array}
         run = session.run
         return lambda: run(None, feeds)
-    sys.path.insert(0, str(RUNNER_PATH.parent))
-    import runner
 
     interpreter = runner._import_tflite()[0](model_path=model, num_threads=1)
     interpreter.allocate_tensors()
@@ -68,8 +66,6 @@ def _bare_call(backend: str, model: str, array: Any) -> Any:
 def _reference(backend: str, model: str, input_path: str, seconds: float) -> dict[str, Any]:
     import numpy as np
 
-    sys.path.insert(0, str(RUNNER_PATH.parent))
-    import runner  # the same loader code convbench uses, so only the timing loop differs
 
     array = np.load(input_path)
     if backend == "torch":
@@ -107,8 +103,6 @@ def _interleaved(backend: str, model: str, input_path: str, rounds: int, slice_s
     """
     import numpy as np
 
-    sys.path.insert(0, str(RUNNER_PATH.parent))
-    import runner
 
     array = np.load(input_path)
     runtime = runner.RUNTIMES[backend]({"threads": 1})
@@ -141,8 +135,6 @@ def _overhead(model: str, input_path: str, iterations: int) -> dict[str, Any]:
     """Per-iteration wall time of the runner's timed loop vs a bare loop, same call."""
     import numpy as np
 
-    sys.path.insert(0, str(RUNNER_PATH.parent))
-    import runner
 
     array = np.load(input_path)
     interpreter = runner._import_tflite()[0](model_path=model, num_threads=1)
@@ -172,8 +164,6 @@ def _block_vs_timeit(backend: str, model: str, input_path: str, rounds: int, sli
 
     import numpy as np
 
-    sys.path.insert(0, str(RUNNER_PATH.parent))
-    import runner
 
     call = runner.RUNTIMES[backend]({"threads": 1}).load(model, np.load(input_path))
     policy = {"warmup_runs": 3, "warmup_seconds": 0.1, "min_runs": 5, "min_seconds": slice_s,

@@ -113,8 +113,8 @@ def test_broken_artifact_fails_its_job_only(tmp_path):
 def test_runner_without_its_runtime_fails_every_job(tmp_path):
     # A Python with no onnxruntime: the system interpreter outside the venv, with -I.
     bare = tmp_path / "python"
-    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -I -c 'import sys; sys.modules[\"onnxruntime\"] = None; "
-                    f"sys.argv = sys.argv[1:]; exec(open(sys.argv[0]).read())' \"$@\"\n")
+    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -I -c 'import runpy, sys; sys.modules[\"onnxruntime\"] = None; "
+                    f"sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name=\"__main__\")' \"$@\"\n")
     bare.chmod(0o755)
     artifacts = artifacts_for("onnxruntime", SMALL)
     jobs = [Job("j1", SMALL, "local", "onnxruntime", 1)]

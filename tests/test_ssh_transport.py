@@ -68,7 +68,7 @@ def test_run_on_ssh_board_end_to_end(tmp_path, board, results_dir):
     assert {r["backend"] for r in records} == {"onnxruntime", "tflite"}
     assert not Path("/tmp/convbench-pwned").exists(), "a remote path was executed by a shell"
     remote = tmp_path / "remote" / HOSTILE
-    assert (remote / "runner.py").exists() and not list((remote / "runs").iterdir())  # run dir removed
+    assert (remote / "runner.pyz").exists() and not list((remote / "runs").iterdir())  # run dir removed
     # A second run re-uses the uploaded artifacts (same content, same remote path).
     cached = sorted(p.stat().st_mtime_ns for p in (remote / "cache").rglob("*.onnx"))
     assert run("--devices", "board", "--devices-file", str(path), "--workloads", PAIR,

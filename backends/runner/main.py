@@ -1,0 +1,231 @@
+"""The runner's entry point: read a plan, emit JSON lines, one fresh process per item.
+
+Usage (as the zipapp every transport ships, see ``backends.runner.zipapp_path``)::
+
+    python3 runner.pyz PLAN.json        # or: python3 runner.pyz - < PLAN.json
+    python3 runner.pyz --check OPTIONS_JSON
+    python3 runner.pyz --item           # one item of a plan on stdin (the runner runs this itself)
+
+The plan names the runtime, thread count, timing policy, sensors and a list of items (job
+id, model path, input .npy, output .npy).  The runner prints one JSON object per line: first
+``{"type": "hello", ...}`` with the device fingerprint and runtime version, then
+``{"type": "result", ...}`` per item as soon as it finishes.  A failing item yields a result
+with ``error``; the runner goes on with the next.
+
+Memory: each item runs in a fresh process of this runner (``--item``), so an item's peak RSS
+is its own model's (no earlier model still resident), and ``baseline_rss_bytes`` is that
+process's footprint once the runtime is imported and before the model is loaded
+(interpreter + numpy + runtime).
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+
+from .energy import EnergyUnavailable, open_energy_sensor
+from .fingerprint import fingerprint
+from .memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from .runtimes import RUNTIMES
+from .state import BusyMeter, system_state
+from .timing import measure
+
+_ENTRY = ["-m", "backends.runner"]
+
+
+def _emit(doc):
+    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.flush()
+
+
+def _energy(sensor_spec, sysfs_root, policy, timing_fn):
+    """Run timing_fn once under an energy sensor; returns (timing, energy dict).
+
+    The measurement is never repeated: a sensor that fails at start or stop only costs
+    the energy figure, which is then reported unavailable with the reason.
+    """
+    try:
+        sensor = open_energy_sensor(sensor_spec, sysfs_root)
+    except EnergyUnavailable as exc:
+        return timing_fn(), {"status": "unavailable", "reason": str(exc)}
+    idle_s = float(policy.get("energy_idle_seconds", 0.0))
+    idle_watts = None
+    try:
+        if idle_s > 0:
+            sensor.start()
+            time.sleep(idle_s)
+            idle_watts = sensor.stop() / idle_s
+        sensor.start()
+    except Exception as exc:  # sensors raise OSError, ValueError, EnergyUnavailable...
+        return timing_fn(), {"status": "unavailable", "sensor": sensor.name,
+                             "reason": "sensor failed before measuring: %s: %s" % (type(exc).__name__, exc)}
+    window_start = time.monotonic()
+    timing = timing_fn()
+    try:
+        joules = sensor.stop()
+    except Exception as exc:
+        return timing, {"status": "unavailable", "sensor": sensor.name,
+                        "reason": "sensor failed at the end of the window: %s: %s" % (type(exc).__name__, exc)}
+    window = time.monotonic() - window_start
+    inferences = timing["inferences"]
+    energy = {"sensor": sensor.name, "resolution": sensor.resolution, "window_s": window,
+              "joules": joules, "inferences": inferences, "idle_watts": idle_watts,
+              "covers": "first, warm-up and timed inferences"}
+    min_window = float(policy.get("energy_min_window_s", 1.0))
+    if window < min_window:
+        energy.update(status="unavailable",
+                      reason="measured window %.3fs is shorter than the %.1fs minimum" % (window, min_window))
+    elif idle_watts is None:
+        energy.update(status="ok", joules_per_inference=joules / inferences, idle_subtracted=False)
+    else:
+        energy.update(status="ok", joules_per_inference=max(0.0, joules - idle_watts * window) / inferences,
+                      idle_subtracted=True)
+    return timing, energy
+
+
+def measure_item(runtime, item, plan, isolation="shared process"):
+    """Load one item's model, measure it, save its output; never raises."""
+    import numpy as np
+
+    sysfs_root = plan.get("sysfs_root", "/sys")
+    policy = plan.get("policy", {})
+    result = {"type": "result", "job_id": item["job_id"], "thermal_before": system_state(sysfs_root)}
+    try:
+        input_array = np.load(item["input"])
+        baseline = current_rss_bytes()  # runtime imported, model not yet loaded
+        peak_reset = reset_peak_rss()
+        start = time.perf_counter_ns()
+        call = runtime.load(item["model"], input_array)
+        result["load_s"] = (time.perf_counter_ns() - start) / 1e9
+        cuda_timer = runtime.make_cuda_timer() if runtime.timer == "cuda_events" else None
+        energy_spec = dict(plan.get("energy") or {"sensor": "auto"})
+        if runtime.device == "cuda" and energy_spec.get("sensor", "auto") == "auto":
+            energy_spec["sensor"] = "nvml"
+        busy = BusyMeter()
+        busy.start()
+        timing, energy = _energy(energy_spec, sysfs_root, policy,
+                                 lambda: measure(call, policy, cuda_timer, runtime.sync, item.get("block_size")))
+        result["other_cpu_cores"] = busy.stop()
+        result.update(timing)
+        result["energy"] = energy
+        result["timer"] = runtime.timer
+        result["timer_covers"] = runtime.timer_covers
+        result["provider"] = runtime.provider
+        peak = peak_rss_bytes()
+        result["memory"] = {
+            "peak_rss_bytes": peak,
+            "baseline_rss_bytes": baseline,
+            "rss_increase_bytes": max(0, peak - baseline) if (peak_reset and baseline is not None) else None,
+            "peak_is_per_item": peak_reset,
+            "isolation": isolation,
+            "gpu_peak_bytes": runtime.gpu_peak_bytes(),
+        }
+        if item.get("output"):
+            np.save(item["output"], np.ascontiguousarray(runtime.output()))
+    except Exception as exc:
+        result["error"] = "%s: %s" % (type(exc).__name__, exc)
+        result["traceback"] = traceback.format_exc(limit=5)
+    result["thermal_after"] = system_state(sysfs_root)
+    return result
+
+
+def _run_item_in_fresh_process(item, plan):
+    """measure_item in a new process of this runner: its peak RSS is its own model's.
+
+    A process reused across items keeps earlier models' memory resident (allocators rarely
+    return it), and a forked child does not count library pages its parent faulted in;
+    a fresh process is what "this model alone" means.  Its stdout carries the result line;
+    its stderr goes to ours, so a crash still leaves its message for the transport.
+    """
+    import subprocess
+
+    child_plan = dict(plan, items=[item])
+    proc = subprocess.Popen([sys.executable, *_ENTRY, "--item"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, universal_newlines=True)
+    out, _ = proc.communicate(json.dumps(child_plan))
+    for line in reversed(out.splitlines()):
+        if line.startswith("{"):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if doc.get("type") == "result":
+                return doc
+    if proc.returncode < 0:
+        why = "the runtime crashed (signal %d) while measuring this item" % -proc.returncode
+    else:
+        why = "the measuring process exited with code %d and no result" % proc.returncode
+    return {"type": "result", "job_id": item["job_id"], "error": why}
+
+
+def run_item(runtime, item, plan):
+    if plan.get("isolate_items", True):
+        return _run_item_in_fresh_process(item, plan)
+    return measure_item(runtime, item, plan)
+
+
+def _item_main():
+    """``runner.py --item``: one item of a plan read from stdin, in this fresh process."""
+    plan = json.load(sys.stdin)
+    item = plan["items"][0]
+    try:
+        runtime = RUNTIMES[plan["runtime"]](plan)
+    except Exception as exc:
+        _emit({"type": "result", "job_id": item["job_id"], "error": "%s: %s" % (type(exc).__name__, exc)})
+        return 3
+    _emit(measure_item(runtime, item, plan, isolation="fresh process"))
+    return 0
+
+
+def check(options):
+    """What this device offers: fingerprint, runtimes, energy sensor, temperatures."""
+    sysfs_root = options.get("sysfs_root") or "/sys"
+    runtimes = {}
+    for name, cls in sorted(RUNTIMES.items()):
+        try:
+            runtimes[name] = {"version": cls({"threads": 1}).version()}
+        except Exception as exc:
+            runtimes[name] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    try:
+        sensor = open_energy_sensor(options.get("energy"), sysfs_root)
+        energy = {"sensor": sensor.name, "resolution": sensor.resolution}
+    except EnergyUnavailable as exc:
+        energy = {"sensor": None, "reason": str(exc)}
+    _emit({"type": "check", "fingerprint": fingerprint(sysfs_root), "runtimes": runtimes,
+           "energy": energy, "state": system_state(sysfs_root)})
+    return 0
+
+
+def main(argv):
+    # What a fresh process per item runs: this runner.pyz, or the package in a source checkout.
+    _ENTRY[:] = ["-m", "backends.runner"] if argv[0].endswith("__main__.py") else [os.path.abspath(argv[0])]
+    if len(argv) == 2 and argv[1] == "--item":
+        return _item_main()
+    if len(argv) == 3 and argv[1] == "--check":
+        return check(json.loads(argv[2]) if argv[2] else {})
+    if len(argv) != 2:
+        sys.stderr.write("usage: runner.py PLAN.json | -   or   runner.py --check OPTIONS_JSON\n")
+        return 2
+    if argv[1] == "-":
+        plan = json.load(sys.stdin)
+    else:
+        with open(argv[1]) as handle:
+            plan = json.load(handle)
+    sysfs_root = plan.get("sysfs_root", "/sys")
+    hello = {"type": "hello", "fingerprint": fingerprint(sysfs_root), "runtime": plan["runtime"]}
+    try:
+        runtime = RUNTIMES[plan["runtime"]](plan)
+        hello["runtime_version"] = runtime.version()
+    except Exception as exc:
+        hello["error"] = "%s: %s" % (type(exc).__name__, exc)
+        _emit(hello)
+        return 3
+    _emit(hello)
+    for item in plan["items"]:
+        _emit(run_item(runtime, item, plan))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,74 @@
+"""Device state around a measurement: thermal zones, cpufreq, load, other processes' CPU."""
+
+import glob
+import os
+import time
+
+from .files import _read, _read_int
+
+
+def read_thermal(sysfs_root="/sys"):
+    """Thermal zone temperatures in degrees C, keyed by zone type (or zone name)."""
+    zones = {}
+    for zone in sorted(glob.glob(os.path.join(sysfs_root, "class/thermal/thermal_zone*"))):
+        milli = _read_int(os.path.join(zone, "temp"))
+        if milli is None:
+            continue
+        kind = _read(os.path.join(zone, "type")) or os.path.basename(zone)
+        key = kind if kind not in zones else "%s/%s" % (kind, os.path.basename(zone))
+        zones[key] = milli / 1000.0
+    return zones
+
+
+def read_cpufreq(sysfs_root="/sys"):
+    """Per-CPU current and maximum frequency (kHz) and governor."""
+    cpus = {}
+    pattern = os.path.join(sysfs_root, "devices/system/cpu/cpu[0-9]*/cpufreq")
+    for path in sorted(glob.glob(pattern), key=lambda p: int(os.path.basename(os.path.dirname(p))[3:])):
+        name = os.path.basename(os.path.dirname(path))
+        cpus[name] = {
+            "cur_khz": _read_int(os.path.join(path, "scaling_cur_freq")),
+            "max_khz": _read_int(os.path.join(path, "cpuinfo_max_freq")),
+            "governor": _read(os.path.join(path, "scaling_governor")),
+        }
+    return cpus
+
+
+def _cpu_jiffies():
+    """(busy jiffies of the whole machine, jiffies of this process) from /proc."""
+    try:
+        fields = (_read("/proc/stat") or "").splitlines()[0].split()[1:]
+        values = [int(v) for v in fields]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        own = (_read("/proc/self/stat") or "").rsplit(")", 1)[1].split()
+        return sum(values[:8]) - idle, int(own[11]) + int(own[12])
+    except (IndexError, ValueError):
+        return None
+
+
+class BusyMeter:
+    """How many cores' worth of CPU *other* processes used while we measured.
+
+    Our own runner is excluded, so a busy neighbour shows up even on a one-thread job;
+    the load average cannot tell the two apart.
+    """
+
+    def start(self):
+        self._start, self._t0 = _cpu_jiffies(), time.monotonic()
+
+    def stop(self):
+        end, elapsed = _cpu_jiffies(), time.monotonic() - self._t0
+        if self._start is None or end is None or elapsed <= 0:
+            return None
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        others = (end[0] - self._start[0]) - (end[1] - self._start[1])
+        return max(0.0, others / hz / elapsed)
+
+
+def system_state(sysfs_root="/sys"):
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"time": time.time(), "thermal_c": read_thermal(sysfs_root),
+            "cpufreq": read_cpufreq(sysfs_root), "loadavg": list(load) if load else None}
