@@ -4,8 +4,10 @@
 behaves like OpenSSH where it matters:
 
 * ``host`` is resolved through the user's ssh config (HostName, User, Port,
-  IdentityFile, ProxyJump, ServerAliveInterval, UserKnownHostsFile); explicit
-  ``SshTarget`` fields win over the config.
+  IdentityFile, ProxyJump, ProxyCommand, ServerAliveInterval, UserKnownHostsFile),
+  with its ``Include`` files; explicit ``SshTarget`` fields win over the config.
+  A ProxyCommand runs as in OpenSSH, through the local shell, with %h %n %p %r
+  values that cannot contain shell characters.
 * Keys only: the given key, the config's IdentityFile, the ssh-agent (and the
   default ``~/.ssh/id_*`` when nothing else is named).  Never a password.
 * Host keys are checked against known_hosts.  An unknown host is refused unless
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import glob
 import math
 import os
 import posixpath
@@ -30,6 +33,8 @@ import select
 import shlex
 import signal
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -142,6 +147,7 @@ class ResolvedHop:
     port: int
     user: str
     keys: tuple[str, ...]  # explicit or IdentityFile paths; empty: agent and default keys
+    proxy_command: str | None = None  # ProxyCommand, tokens expanded; only for the first hop of the chain
 
     @property
     def label(self) -> str:
@@ -180,18 +186,159 @@ def host_problem(host: Any) -> str | None:
             "'%'), or are an IPv4/IPv6 address (without brackets)")
 
 
-def _load_config(path: str | None) -> Any:
+# --------------------------------------------------------------------------- ssh config
+
+_INCLUDE_MAX_DEPTH = 16  # OpenSSH's READCONF_MAX_DEPTH
+_SETTING_RE = re.compile(r"(\w+)(?:\s*=\s*|\s+)(.+)")  # paramiko's SSHConfig.SETTINGS_REGEX
+_RAW = "\ue000"  # stands for a ProxyCommand/ProxyJump value, kept away from paramiko's token expansion
+_INERT_RE = re.compile(r"[A-Za-z0-9_.:@+-]*")  # token values no shell interprets
+
+
+@dataclass(frozen=True)
+class _Config:
+    """paramiko's parsed config, plus the ProxyCommand/ProxyJump values as written, in file order."""
+
+    parsed: Any
+    raw: tuple[str, ...]
+
+    def lookup(self, alias: str) -> dict:
+        return self.parsed.lookup(alias)
+
+    def proxy(self, entry: dict) -> tuple[str, str] | None:
+        """The first of ProxyJump and ProxyCommand that applies (OpenSSH ignores the later one)."""
+        found = sorted((int(entry[k][1:]), k) for k in ("proxyjump", "proxycommand")
+                       if str(entry.get(k, "")).startswith(_RAW))
+        return (found[0][1], self.raw[found[0][0]]) if found else None
+
+
+def _load_config(path: str | None) -> _Config:
     import paramiko
 
     cfg_path = Path(path).expanduser() if path else Path("~/.ssh/config").expanduser()
     if not cfg_path.exists():
         if path:
             raise SshConfigError(f"ssh config {cfg_path} does not exist")
-        return paramiko.SSHConfig()
+        return _Config(paramiko.SSHConfig(), ())
+    lines: list[str] = []
+    raw: list[str] = []
+    _inline(cfg_path, None, "Host *", 0, lines, raw)
     try:
-        return paramiko.SSHConfig.from_path(str(cfg_path))
+        return _Config(paramiko.SSHConfig.from_text("\n".join(lines)), tuple(raw))
     except Exception as exc:  # a parse error must name the file
         raise SshConfigError(f"cannot parse ssh config {cfg_path}: {exc}") from exc
+
+
+def _inline(path: Path, guard: list[tuple[str, ...]] | None, header: str, depth: int, out: list[str],
+            raw: list[str]) -> bool:
+    """Append the settings of ``path`` to ``out``, with its Includes expanded in place.
+
+    paramiko has no ``Include``.  As in OpenSSH, an Include inside a Host/Match block is
+    conditional: ``guard`` is that block's condition (None at top level) and ``header`` its
+    opening line.  A Host/Match line of an included file becomes a Match on both conditions,
+    and ``header`` is written again after the file, so the lines after the Include stay in
+    their block.  Returns whether a Host/Match line was written.
+    """
+    import paramiko
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SshConfigError(f"cannot read ssh config {path}: {exc}") from exc
+    current, wrote = guard, False
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        m = _SETTING_RE.fullmatch(line)
+        if not m:
+            raise SshConfigError(f"{where}: cannot parse {line!r} in the ssh config")
+        key, value = m.group(1).lower(), m.group(2)
+        if key in ("host", "match"):
+            criteria = _criteria(key, value, where)
+            if guard is None:
+                current, header = criteria, line
+            else:
+                current = [c for c in guard + criteria if c[0] != "all"] or [("all",)]
+                header = "Match " + shlex.join([word for c in current for word in c])
+            try:
+                paramiko.SSHConfig.from_text(header)
+            except Exception as exc:
+                raise SshConfigError(f"{where}: cannot parse {line!r} in the ssh config: {exc}") from exc
+            out.append(header)
+            wrote = True
+        elif key == "include":
+            for included in _include_paths(value, depth, where):
+                if _inline(included, current, header, depth + 1, out, raw):
+                    out.append(header)
+                    wrote = True
+        elif key in ("proxycommand", "proxyjump"):
+            out.append(f"{key} {_RAW}{len(raw)}")
+            raw.append(value)
+        else:
+            out.append(line)
+    return wrote
+
+
+def _criteria(key: str, value: str, where: str) -> list[tuple[str, ...]]:
+    """A Host or Match line as Match criteria: ``[("originalhost", "a,!b"), ("exec", "cmd"), ("all",)]``."""
+    try:
+        words = shlex.split(value)
+    except ValueError as exc:
+        raise SshConfigError(f"{where}: cannot parse {key} {value!r} in the ssh config: {exc}") from exc
+    if key == "host":  # paramiko matches Host patterns and `Match originalhost` patterns alike
+        return [("originalhost", ",".join(words))]
+    criteria: list[tuple[str, ...]] = []
+    while words:
+        kind = words.pop(0)
+        no_param = kind.lstrip("!") in ("all", "canonical", "final") or not words
+        criteria.append((kind,) if no_param else (kind, words.pop(0)))
+    return criteria
+
+
+def _include_paths(value: str, depth: int, where: str) -> list[Path]:
+    """The files of an ``Include`` line: globs, relative to ~/.ssh, sorted; no match is no error."""
+    if depth >= _INCLUDE_MAX_DEPTH:
+        raise SshConfigError(f"{where}: Include nested more than {_INCLUDE_MAX_DEPTH} levels deep "
+                             f"(does a file include itself?)")
+    try:
+        patterns = shlex.split(value)
+    except ValueError as exc:
+        raise SshConfigError(f"{where}: cannot parse Include {value!r}: {exc}") from exc
+    found = []
+    for pattern in patterns:
+        pattern = os.path.expanduser(pattern)
+        if not os.path.isabs(pattern):
+            pattern = os.path.join(os.path.expanduser("~/.ssh"), pattern)
+        for name in sorted(glob.glob(pattern)):
+            path = Path(name)
+            if path.is_dir():
+                continue
+            st = path.stat()
+            if st.st_uid not in (0, os.getuid()) or st.st_mode & 0o022:
+                raise SshConfigError(f"{where}: Include {path}: bad owner or permissions (OpenSSH requires it to "
+                                     f"belong to you or root and not be writable by group or others)")
+            found.append(path)
+    return found
+
+
+def _expand_tokens(option: str, value: str, alias: str, hostname: str, port: int, user: str) -> str:
+    """OpenSSH's ProxyCommand/ProxyJump tokens (%% %h %n %p %r), each value checked to be inert in a shell."""
+    values = {"h": ("host name", hostname), "n": ("host", alias), "p": ("port", str(port)), "r": ("user", user)}
+
+    def replace(m: re.Match) -> str:
+        if m.group(1) == "%":
+            return "%"
+        if m.group(1) not in values:
+            raise SshConfigError(f"{option} for {alias}: unknown token %{m.group(1)} in {value!r} "
+                                 f"(known: %%, %h, %n, %p, %r)")
+        name, text = values[m.group(1)]
+        if not _INERT_RE.fullmatch(text) or text.startswith("-"):
+            raise SshConfigError(f"{option} for {alias}: the {name} {text!r} has characters a shell would "
+                                 f"interpret; refusing to put it into {value!r}")
+        return text
+
+    return re.sub(r"%(.?)", replace, value, flags=re.DOTALL)
 
 
 def _parse_jump(spec: str) -> tuple[str | None, str, int | None]:
@@ -217,7 +364,9 @@ def _parse_jump(spec: str) -> tuple[str | None, str, int | None]:
     return user, host, port
 
 
-def _resolve_hop(cfg: Any, alias: str, user: str | None, port: int | None, key: str | None) -> tuple[ResolvedHop, dict]:
+def _resolve_hop(cfg: _Config, alias: str, user: str | None, port: int | None, key: str | None,
+                 proxy: bool = True) -> tuple[ResolvedHop, dict, str | None]:
+    """The hop, its config entry and its ProxyJump (tokens expanded); ``proxy`` False ignores both proxies."""
     entry = cfg.lookup(alias)
     hostname = entry.get("hostname", alias)
     try:
@@ -235,7 +384,14 @@ def _resolve_hop(cfg: Any, alias: str, user: str | None, port: int | None, key: 
         keys = tuple(
             p for p in (os.path.expanduser(k) for k in entry.get("identityfile", [])) if os.path.exists(p)
         )
-    return ResolvedHop(alias, hostname, resolved_port, resolved_user, keys), entry
+    command = jump = None
+    chosen = cfg.proxy(entry) if proxy else None
+    if chosen and chosen[1].strip().lower() != "none":
+        option = "ProxyCommand" if chosen[0] == "proxycommand" else "ProxyJump"
+        value = chosen[1] if option == "ProxyCommand" else chosen[1].strip().strip('"')
+        expanded = _expand_tokens(option, value, alias, hostname, resolved_port, resolved_user)
+        command, jump = (expanded, None) if option == "ProxyCommand" else (None, expanded)
+    return ResolvedHop(alias, hostname, resolved_port, resolved_user, keys, command), entry, jump
 
 
 def resolve_target(target: SshTarget) -> Resolved:
@@ -244,18 +400,12 @@ def resolve_target(target: SshTarget) -> Resolved:
     if problem:  # checked before the ssh config sees it: its Match exec would put it in a shell command
         raise SshConfigError(f"ssh host: {problem}")
     cfg = _load_config(target.ssh_config)
-    hop, entry = _resolve_hop(cfg, target.host, target.user, target.port, target.key)
+    hop, entry, proxyjump = _resolve_hop(cfg, target.host, target.user, target.port, target.key)
     jumps: list[ResolvedHop] = []
-    proxyjump = entry.get("proxyjump")
-    if proxyjump and proxyjump.lower() != "none":
-        for spec in proxyjump.split(","):
-            juser, jhost, jport = _parse_jump(spec)
-            jhop, _ = _resolve_hop(cfg, jhost, juser, jport, None)
-            jumps.append(jhop)
-    if entry.get("proxycommand") and not jumps:
-        raise SshConfigError(
-            f"{target.host} uses ProxyCommand in the ssh config, which convbench does not run; use ProxyJump"
-        )
+    for spec in proxyjump.split(",") if proxyjump else []:
+        juser, jhost, jport = _parse_jump(spec)
+        # Only the first hop opens a socket itself, so only its ProxyCommand counts.
+        jumps.append(_resolve_hop(cfg, jhost, juser, jport, None, proxy=not jumps)[0])
     known = target.known_hosts
     if known is None:
         files = entry.get("userknownhostsfile", "").split()
@@ -319,6 +469,7 @@ class SshConnection:
         self.target = target
         self.resolved = resolve_target(target)
         self._clients: list[Any] = []  # jump clients first, the target's last
+        self._proxy: _ProxyProcess | None = None  # the first hop's ProxyCommand
         self._sftp: Any = None
         self._has_timeout: bool | None = None
         self._probe_lock = threading.Lock()
@@ -365,6 +516,9 @@ class SshConnection:
             with contextlib.suppress(Exception):
                 client.close()
         self._clients = []
+        if self._proxy is not None:
+            self._proxy.close()
+            self._proxy = None
         self._has_timeout = None
 
     def _via(self) -> str:
@@ -374,6 +528,13 @@ class SshConnection:
         import paramiko
 
         timeout = self.target.connect_timeout
+        if prev is None and hop.proxy_command:
+            try:
+                self._proxy = _ProxyProcess(hop.proxy_command)
+            except OSError as exc:
+                raise HostUnreachable(f"cannot start the ProxyCommand of {hop.alias!r} "
+                                      f"({hop.proxy_command}): {exc}") from exc
+            return self._proxy.sock
         if prev is None:
             try:
                 return socket.create_connection((hop.hostname, hop.port), timeout=timeout)
@@ -445,12 +606,10 @@ class SshConnection:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             client.close()
             raise HostUnreachable(
-                f"SSH handshake with {hop.label}{self._via()} failed: {exc or type(exc).__name__}. "
-                f"Is an SSH server listening there?"
+                f"SSH handshake with {hop.label}{self._via()} failed: {exc or type(exc).__name__}"
+                f"{'' if self._clients else self._proxy_state()}. Is an SSH server listening there?"
             ) from exc
-        transport = client.get_transport()
-        transport.set_keepalive(max(1, int(self.resolved.alive_interval)))
-        _install_exit_signal_handler(transport)
+        client.get_transport().set_keepalive(max(1, int(self.resolved.alive_interval)))
         return client
 
     def _transport(self, required: bool = True) -> Any:
@@ -460,10 +619,13 @@ class SshConnection:
             t = self._clients[-1].get_transport()
         return t
 
+    def _proxy_state(self) -> str:
+        return f"; {self._proxy.state()}" if self._proxy is not None else ""
+
     def _lost(self, what: str, exc: BaseException | None = None) -> ConnectionLost:
         hop = self.resolved.target
+        detail = (f": {exc}" if exc and str(exc) else "") + self._proxy_state()
         self.close()
-        detail = f": {exc}" if exc and str(exc) else ""
         return ConnectionLost(
             f"connection to {hop.label}{self._via()} lost while {what}{detail}. The board may have rebooted, "
             f"crashed or dropped off the network; check it is up (`ssh -p {hop.port} {hop.user}@{hop.hostname}`)"
@@ -554,11 +716,17 @@ class SshConnection:
         if not argv:
             raise ValueError("argv must not be empty")
         argv = [os.fspath(a) for a in argv]
+        # The outer sh waits for the command and exits with its status, which a shell gives as
+        # 128 + signum for a command killed by a signal: SSH's exit-signal (unknown to paramiko)
+        # never has to be read.  The pid printed leads the process group that a timeout kills:
+        # `timeout`, which makes its own group (the inner sh execs it), or else the outer sh,
+        # which leads the session's group when the login shell execs it (bash, dash, zsh do).
         if self._remote_has_timeout():
             backstop = math.ceil(timeout) + _KILL_MARGIN_S
-            script = f'echo "{_PID_MARK} $$" >&2; exec timeout -s KILL {backstop} "$@"'
+            inner = f'echo "{_PID_MARK} $$" >&2; exec timeout -s KILL {backstop} "$@"'
+            script = f'sh -c {shlex.quote(inner)} sh "$@"; exit $?'
         else:
-            script = f'echo "{_PID_MARK} $$" >&2; exec "$@"'
+            script = f'echo "{_PID_MARK} $$" >&2; "$@"; exit $?'
         command = shlex.join(["sh", "-c", script, "sh", *argv])
 
         chan = self._open_session(f"starting {argv[0]}")
@@ -772,7 +940,54 @@ class SshConnection:
             raise SshError(f"cannot remove remote {remote_dir!r}: {err.decode(errors='replace').strip()}")
 
 
-# --------------------------------------------------------------------------- paramiko hook
+# --------------------------------------------------------------------------- helpers
+
+
+class _ProxyProcess:
+    """A ProxyCommand, run as OpenSSH runs it (``$SHELL -c "exec COMMAND"``), over a socketpair.
+
+    Not paramiko's ``ProxyCommand``: it reads a pipe and never sees its end (``recv`` loops on
+    empty reads until the socket timeout), so a dead proxy or board would only be noticed by
+    keepalives, and its unread stderr pipe can fill up and stall the proxy.  A socket gives
+    paramiko the end of the stream at once; stderr goes to a file, for error messages.
+    """
+
+    def __init__(self, command: str):
+        self.command = command
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self.sock, theirs = socket.socketpair()
+        try:
+            shell = os.environ.get("SHELL") or "/bin/sh"
+            self.proc = subprocess.Popen([shell, "-c", f"exec {command}"], stdin=theirs, stdout=theirs,
+                                         stderr=self.stderr)
+        except OSError:
+            self.sock.close()
+            self.stderr.close()
+            raise
+        finally:
+            theirs.close()
+
+    def state(self) -> str:
+        """``ProxyCommand `...` exited with code 1: <its last stderr line>``, or still runs."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(0.5)  # a proxy that ended the stream is usually exiting
+        code = self.proc.poll()
+        size = os.fstat(self.stderr.fileno()).st_size
+        err = os.pread(self.stderr.fileno(), 2000, max(0, size - 2000)).decode(errors="replace").strip()
+        tail = err.splitlines()[-1] if err else ""
+        return (f"ProxyCommand `{self.command}` " + ("still runs" if code is None else f"exited with code {code}")
+                + (f": {tail}" if tail else ""))
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)  # what OpenSSH sends it
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
 
 
 def _take_pid_line(err: bytearray) -> int | None:
@@ -799,35 +1014,3 @@ def _transport_died(transport: Any, grace: float = 2.0) -> bool:
 def _has_exit_status(chan: Any) -> bool:
     """paramiko also sets the status event when a channel dies: -1 then means "no status"."""
     return chan.exit_status_ready() and chan.exit_status >= 0
-
-
-def _install_exit_signal_handler(transport: Any) -> None:
-    """Let channels report ``exit-signal`` (killed by SIGKILL/SIGSEGV...) as 128 + signum.
-
-    paramiko only handles ``exit-status``; without this, a runner killed by the
-    OOM killer would look like a lost connection.
-    """
-    from paramiko.channel import Channel
-    from paramiko.common import MSG_CHANNEL_REQUEST
-
-    table = getattr(transport, "_channel_handler_table", None)
-    if not isinstance(table, dict) or MSG_CHANNEL_REQUEST not in table:
-        return
-
-    def handle_request(chan: Any, m: Any) -> None:
-        pos = m.packet.tell()
-        if m.get_text() == "exit-signal":
-            m.get_boolean()  # want_reply (always false)
-            name = m.get_text()
-            try:
-                num = int(signal.Signals[f"SIG{name}"])
-            except KeyError:
-                num = 0
-            chan.exit_signal = name
-            chan.exit_status = 128 + num
-            chan.status_event.set()
-            return
-        m.packet.seek(pos)
-        Channel._handle_request(chan, m)
-
-    transport._channel_handler_table = {**table, MSG_CHANNEL_REQUEST: handle_request}
