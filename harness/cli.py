@@ -142,9 +142,9 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
     """Benchmark workloads on devices; results go to results/<run-id>/."""
     from rich.console import Console
 
-    from backends.base import TimingPolicy
     from harness import devices as devices_mod
     from harness import plan
+    from harness.cli_progress import RunProgress
     from harness.run import execute
     from harness.store import default_results_dir
 
@@ -169,15 +169,15 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
     if not jobs:
         raise UserError("nothing to run: no selected device offers the selected backends "
                         f"({', '.join(backend_list or []) or 'none installed'})")
-    policy = TimingPolicy(min_seconds=min_time, max_seconds=max_time, min_runs=min_runs, target_ci_rel_width=target_ci,
-                          warmup_runs=warmup_runs, warmup_seconds=0.2 if warmup_runs else 0.0,
-                          energy_idle_seconds=energy_idle)
+    policy = plan.timing_policy(min_time, max_time, min_runs, warmup_runs, target_ci, energy_idle)
     console.print(f"{len(jobs)} jobs: {len(workload_list)} workloads on {', '.join(d.name for d in selected)} "
                   f"with {', '.join(chosen)}")
     cluster_address, cluster_security = resolve_cluster(cluster, tls_ca, tls_cert, tls_key)
     results_root = _writable_results_dir(results_dir or default_results_dir())
-    outcome = execute(selected, jobs, policy, results_root, workload_list, suite,
-                      console, skipped, cluster=cluster_address, cluster_security=cluster_security)
+    request = plan.RunRequest(selected, jobs, policy, results_root, workload_list, suite, skipped,
+                              cluster=cluster_address, cluster_security=cluster_security)
+    with RunProgress(console) as progress:
+        outcome = execute(request, progress.on_event)
     _print_run_summary(outcome.path)
     if outcome.status == "failed":  # every job failed, or the disk filled: the gate must not pass
         click.echo(f"error: run failed: {outcome.reason}; results: {outcome.path}", err=True)

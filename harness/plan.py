@@ -1,10 +1,12 @@
-"""Suite x devices x backends x threads (x delegates) -> jobs."""
+"""Suite x devices x backends x threads (x delegates) -> jobs, and the run request that carries them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from backends.base import Job
+from backends.base import Job, TimingPolicy
 from harness import workloads as registry
 from harness.devices import Device
 from harness.errors import UserError
@@ -16,6 +18,29 @@ class Selection:
     workload_ids: list[str]
     backends: list[str] | None  # None: every backend each device declares
     threads: list[int] | None  # None: each device's own list
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything one run measures, and where it stores it: what ``harness.run.execute`` takes."""
+
+    devices: list[Device]
+    jobs: list[Job]
+    policy: TimingPolicy
+    results_dir: Path
+    workload_ids: list[str]
+    suite: str | None = None
+    skipped: list[str] = field(default_factory=list)  # backends left out, with install hints
+    cluster: str | None = None  # a Dask scheduler address: dispatch through harness worker processes
+    cluster_security: Any = None
+
+
+def timing_policy(min_time: float, max_time: float, min_runs: int, warmup_runs: int, target_ci: float,
+                  energy_idle: float) -> TimingPolicy:
+    """The policy from the CLI's options (warm-up also lasts at least 0.2 s unless it is off)."""
+    return TimingPolicy(min_seconds=min_time, max_seconds=max_time, min_runs=min_runs, target_ci_rel_width=target_ci,
+                        warmup_runs=warmup_runs, warmup_seconds=0.2 if warmup_runs else 0.0,
+                        energy_idle_seconds=energy_idle)
 
 
 def parse_list(text: str | None) -> list[str] | None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from harness import __version__, block_sizes
 from harness.devices import Device
 from harness.dispatch import DeviceWork, StopDispatch, dispatch
 from harness.errors import UserError
+from harness.plan import RunRequest
 from harness.records import finalize
 from harness.registry import BACKENDS
 from harness.store import DiskFull, RunWriter
@@ -144,21 +146,57 @@ def export_artifacts(jobs: list[Job], report: Any) -> tuple[dict[str, dict[str, 
     return artifacts, failures
 
 
-def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, results_dir: Path,
-            workload_ids: list[str], suite: str | None, console: Any, skipped: list[str],
-            cluster: str | None = None, cluster_security: Any = None) -> RunOutcome:
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+# ---------------------------------------------------------------- events (drawn by the CLI)
+@dataclass(frozen=True)
+class ExportProgress:
+    message: str
+    ok: bool | None  # None: under way; True: done (exported now); False: failed
 
+
+@dataclass(frozen=True)
+class MeasuringStarted:
+    jobs_per_device: dict[str, int]
+    already_recorded: int  # export failures, recorded before any device starts
+
+
+@dataclass(frozen=True)
+class JobRecorded:
+    job: Job
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    device: str
+    state: str
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    signal_name: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    message: str
+
+
+Event = ExportProgress | MeasuringStarted | JobRecorded | DeviceState | Interrupted | Problem
+
+
+def execute(request: RunRequest, on_event: Callable[[Event], None] = lambda event: None) -> RunOutcome:
+    """Measure a request's jobs and store every record as it arrives; progress goes out as events."""
+    devices, policy, results_dir = request.devices, request.policy, request.results_dir
     try:
-        writer = RunWriter(results_dir, provenance(devices, workload_ids, policy, suite))
-        writer.update(skipped=skipped, jobs=len(jobs), **({"cluster": cluster} if cluster else {}))
+        writer = RunWriter(results_dir, provenance(devices, request.workload_ids, policy, request.suite))
+        writer.update(skipped=list(request.skipped), jobs=len(request.jobs),
+                      **({"cluster": request.cluster} if request.cluster else {}))
     except OSError as exc:
         raise UserError(str(exc) if isinstance(exc, DiskFull) else
                         f"cannot write results to {results_dir}: {exc.filename or ''}: {exc.strerror or exc}") \
             from None
     # Fast layers are timed in blocks: reuse the block sizes earlier runs in this store chose.
-    jobs = block_sizes.fix(jobs, block_sizes.load(results_dir))
+    jobs = block_sizes.fix(request.jobs, block_sizes.load(results_dir))
     records: list[dict[str, Any]] = []
     lock = threading.Lock()
     status = "interrupted"
@@ -181,14 +219,7 @@ def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, result
     try:
         with signals:
             try:
-                with console.status("preparing artifacts") as spinner:
-                    def report(message: str, ok: bool | None) -> None:
-                        spinner.update(escape(message))
-                        if ok is not None:
-                            console.print("  " + message, style=None if ok else "red", markup=False,
-                                          soft_wrap=True)
-
-                    artifacts, failures = export_artifacts(jobs, report)
+                artifacts, failures = export_artifacts(jobs, lambda message, ok: on_event(ExportProgress(message, ok)))
                 artifact_of = {(j.job_id): artifacts[j.backend].get(j.workload_id) for j in jobs}
                 for job in jobs:
                     failure = failures.get((job.workload_id, BACKENDS[job.backend].format))
@@ -196,42 +227,31 @@ def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, result
                         store(finalize({"job_id": job.job_id, "workload_id": job.workload_id,
                                         "device": job.device, "backend": job.backend, "threads": job.threads,
                                         "delegate": job.delegate, "error": failure}, None))
+                on_event(MeasuringStarted({d.name: sum(1 for j in jobs if j.device == d.name) for d in devices},
+                                          len(records)))
 
-                with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeElapsedColumn(), console=console, transient=False) as progress:
-                    overall = progress.add_task("all jobs", total=len(jobs), completed=len(records))
-                    device_tasks = {d.name: progress.add_task(f"  {d.name}: queued",
-                                                              total=sum(1 for j in jobs if j.device == d.name))
-                                    for d in devices}
+                def on_record(job: Job, raw: dict[str, Any]) -> None:
+                    record = finalize(raw, artifact_of.get(job.job_id))
+                    with lock:
+                        if not store(record):
+                            raise StopDispatch(writer.disk_full or "results are not being stored")
+                        on_event(JobRecorded(job, record))
 
-                    def on_record(job: Job, raw: dict[str, Any]) -> None:
-                        record = finalize(raw, artifact_of.get(job.job_id))
-                        with lock:
-                            if not store(record):
-                                raise StopDispatch(writer.disk_full or "results are not being stored")
-                            progress.advance(overall)
-                            progress.advance(device_tasks[job.device])
-                            if record["status"] != "ok":
-                                detail = record.get("error") or "; ".join(record.get("problems", []))
-                                progress.console.print(f"  {record['status']}: {job.job_id}: {detail}",
-                                                       style="yellow", markup=False, soft_wrap=True)
+                def on_state(device: str, state: str) -> None:
+                    on_event(DeviceState(device, state))
 
-                    def on_state(device: str, state: str) -> None:
-                        progress.update(device_tasks[device], description=f"  {device}: {state}")
+                work = [DeviceWork(d, [j for j in jobs if j.device == d.name and artifact_of[j.job_id] is not None])
+                        for d in devices]
+                if writer.disk_full:  # not one more job: nothing it measured could be stored
+                    work = []
+                if request.cluster and work:  # scale-out on Dask distributed (harness/cluster): same callbacks
+                    from harness.cluster import cluster_dispatch
 
-                    work = [DeviceWork(d, [j for j in jobs
-                                           if j.device == d.name and artifact_of[j.job_id] is not None])
-                            for d in devices]
-                    if writer.disk_full:  # not one more job: nothing it measured could be stored
-                        work = []
-                    if cluster and work:  # scale-out on Dask distributed (harness/cluster.py): same callbacks
-                        from harness.cluster import cluster_dispatch
-
-                        with contextlib.suppress(StopDispatch):  # the disk filled: stop, say so below
-                            cluster_dispatch(work, artifacts, policy, on_record, on_state, stop,
-                                             scheduler=cluster, security=cluster_security)
-                    else:
-                        dispatch(work, artifacts, policy, on_record, on_state, stop)
+                    with contextlib.suppress(StopDispatch):  # the disk filled: stop, say so below
+                        cluster_dispatch(work, artifacts, policy, on_record, on_state, stop,
+                                         scheduler=request.cluster, security=request.cluster_security)
+                else:
+                    dispatch(work, artifacts, policy, on_record, on_state, stop)
                 status, reason = _final_status(records, writer.disk_full)
             finally:
                 signals.disarm()  # from here on a signal must not cut the write-up short
@@ -239,7 +259,7 @@ def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, result
         stop.set()
         status = "interrupted"
         reason = f"stopped by {signals.name}"
-        console.print(f"[yellow]interrupted ({signals.name}): keeping the measurements made so far[/]")
+        on_event(Interrupted(signals.name))
     except BaseException as exc:
         status = "failed"
         reason = f"{type(exc).__name__}: {exc}"
@@ -249,12 +269,12 @@ def execute(devices: list[Device], jobs: list[Job], policy: TimingPolicy, result
             try:
                 writer.finish(status, **({"reason": reason} if reason else {}))
             except OSError as exc:  # even the reserve did not make room: say so, keep the records
-                console.print(f"error: cannot mark {writer.path / 'run.json'} {status}: {exc.strerror or exc}",
-                              style="red", markup=False, soft_wrap=True)
+                on_event(Problem(f"error: cannot mark {writer.path / 'run.json'} {status}: {exc.strerror or exc}"))
             with contextlib.suppress(OSError):  # losing the choice only means choosing again next time
                 block_sizes.remember(results_dir, records)
     exit_code = 128 + signals.received if status == "interrupted" and signals.received else 0
-    return RunOutcome(writer.run_id, writer.path, status, records, skipped, reason=reason, exit_code=exit_code)
+    return RunOutcome(writer.run_id, writer.path, status, records, list(request.skipped), reason=reason,
+                      exit_code=exit_code)
 
 
 def _final_status(records: list[dict[str, Any]], disk_full: str | None) -> tuple[str, str | None]:

@@ -8,7 +8,6 @@ busy-waits a fixed fraction of every timed iteration) must.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -227,20 +226,18 @@ ATTEMPTS = 8
 
 
 def measure(results_dir: Path, slowdown: float) -> Path:
-    from rich.console import Console
-
     from backends.base import TimingPolicy
     from harness import plan
     from harness.devices import local_device
-    from harness.run import execute, missing_modules
+    from harness.registry import BACKENDS
+    from harness.run import execute
 
-    if missing_modules("onnxruntime", local=True):
+    if BACKENDS["onnxruntime"].missing_modules(runs_on_host=True):
         pytest.skip("onnxruntime is not installed (pip install 'convbench[onnx]')")
     device = local_device()
     jobs = plan.make_jobs([device], plan.Selection(CALIBRATION_WORKLOADS, ["onnxruntime"], [1]))
     policy = TimingPolicy(warmup_seconds=0.1, min_seconds=0.25, max_seconds=0.25, slowdown_fraction=slowdown)
-    outcome = execute([device], jobs, policy, results_dir, CALIBRATION_WORKLOADS, None,
-                      Console(file=io.StringIO()), [])
+    outcome = execute(plan.RunRequest([device], jobs, policy, results_dir, CALIBRATION_WORKLOADS))
     assert outcome.status == "complete" and all(r["status"] == "ok" for r in outcome.records), outcome.records
     return outcome.path
 
