@@ -10,10 +10,10 @@ Vocabulary used throughout convbench:
 
 A transport knows how to run artifacts on its device and nothing about reports.
 It receives a batch of jobs for one device and one (backend, threads) pair, and
-calls ``on_result`` once per job, as each finishes, with a plain ``dict``
-measurement record (see ``RECORD_FIELDS``).  A failure of one job is reported as a
-record with ``status="error"``; only a failure of the whole device raises
-``DeviceError``.
+calls ``on_result`` once per job, as each finishes, with the raw record that
+``harness.records.raw_record`` or ``error_record`` builds (``finalize`` types and checks
+it).  A failure of one job is reported as a record with ``status="error"`` and an error
+kind; only a failure of the whole device raises ``DeviceError``.
 """
 
 from __future__ import annotations
@@ -27,15 +27,6 @@ from typing import Any
 STATUS_OK = "ok"  # measured, output matches the PyTorch reference (or cannot be checked)
 STATUS_INVALID = "invalid"  # measured, but the number must not be trusted (mismatch, fallback)
 STATUS_ERROR = "error"  # not measured
-
-# Fields every measurement record carries (others may be added by a transport).
-RECORD_FIELDS = (
-    "job_id", "workload_id", "device", "transport", "backend", "runtime",
-    "runtime_version", "delegate", "threads", "status", "error", "latency",
-    "samples_s", "load_s", "first_inference_s", "memory", "energy",
-    "thermal_before", "thermal_after", "output_check", "device_fingerprint",
-)
-
 
 class DeviceError(RuntimeError):
     """The device as a whole cannot be used (unreachable, unauthorized, vanished)."""
@@ -123,18 +114,3 @@ class Transport(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
-
-
-def error_record(job: Job, transport: str, message: str) -> dict[str, Any]:
-    """A record for a job that could not be measured."""
-    return {
-        "job_id": job.job_id,
-        "workload_id": job.workload_id,
-        "device": job.device,
-        "transport": transport,
-        "backend": job.backend,
-        "threads": job.threads,
-        "delegate": job.delegate,
-        "status": STATUS_ERROR,
-        "error": message,
-    }

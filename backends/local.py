@@ -22,6 +22,7 @@ from typing import Any
 from backends.base import Artifact, Job, ResultCallback, TimingPolicy, Transport
 from backends.protocol import PlanItem, RunnerSession, make_plan, parse_check
 from backends.runner import zipapp_path
+from harness.records import ErrorKind
 from harness.registry import TransportInfo
 
 STDERR_TAIL = 2000
@@ -138,19 +139,19 @@ class LocalTransport(Transport):
         if not session.remaining() or self._aborted.is_set():
             return  # aborted: the unfinished jobs were cut off, not failed
         stderr = "".join(stderr_chunks).strip()[-STDERR_TAIL:]
-        reason = f"runner exited with code {process.returncode}"
+        reason, kind = f"runner exited with code {process.returncode}", ErrorKind.CRASH
         if timed_out.is_set():
-            reason = f"runner timed out after {batch_timeout(policy, len(items)):.0f}s"
+            reason, kind = f"runner timed out after {batch_timeout(policy, len(items)):.0f}s", ErrorKind.TIMEOUT
         if stderr:
             reason += f": {stderr.splitlines()[-1]}"
         if session.hello.get("error") or not session.hello:
-            session.fail_remaining(reason)  # the runtime itself is unusable: no point retrying
+            session.fail_remaining(reason, kind)  # the runtime itself is unusable: no point retrying
             return
         # The runner crashed on the first job it had not reported; skip that one and go on.
         crashed = session.remaining()[0]
         crashed_session = RunnerSession(session.transport, [crashed], session.on_result)
         crashed_session.hello = session.hello
-        crashed_session.fail_remaining(f"runner crashed while running this job ({reason})")
+        crashed_session.fail_remaining(f"runner crashed while running this job ({reason})", kind)
         session.done.add(crashed.job.job_id)
 
     def check(self) -> dict[str, Any]:

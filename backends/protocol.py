@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.base import STATUS_ERROR, Job, ResultCallback, TimingPolicy
+from backends.base import Job, ResultCallback, TimingPolicy
+from harness.records import ErrorKind, error_record, raw_record
 from harness.registry import BACKENDS
 
 
@@ -77,12 +78,10 @@ class RunnerSession:
         item = next((i for i in self.items if i.job.job_id == doc.get("job_id")), None)
         if item is None or item.job.job_id in self.done:
             return
-        record = base_record(item.job, self.transport)
-        record.update({k: v for k, v in doc.items() if k not in ("type", "job_id")})
+        record = raw_record(item.job, self.transport, **{k: v for k, v in doc.items() if k not in ("type", "job_id")})
         record["runtime"] = self.hello.get("runtime")
         record["runtime_version"] = self.hello.get("runtime_version")
         record["device_fingerprint"] = self.hello.get("fingerprint")
-        record["delegate"] = item.job.delegate or doc.get("provider")
         if not doc.get("error"):
             try:
                 self.fetch_output(item)
@@ -92,30 +91,21 @@ class RunnerSession:
         self.done.add(item.job.job_id)
         self.on_result(record)
 
-    def fail_remaining(self, message: str) -> None:
+    def fail_remaining(self, message: str, kind: ErrorKind) -> None:
         """Report every job without a result as failed with ``message``."""
         if self.hello.get("error"):
-            message = f"{message}: {self.hello['error']}"
+            message, kind = f"{message}: {self.hello['error']}", ErrorKind.RUNTIME
         for item in self.items:
             if item.job.job_id not in self.done:
-                record = base_record(item.job, self.transport)
-                record.update(status=STATUS_ERROR, error=message,
-                              runtime=self.hello.get("runtime"),
-                              runtime_version=self.hello.get("runtime_version"),
-                              device_fingerprint=self.hello.get("fingerprint"))
+                record = error_record(item.job, self.transport, message, kind,
+                                      runtime=self.hello.get("runtime"),
+                                      runtime_version=self.hello.get("runtime_version"),
+                                      device_fingerprint=self.hello.get("fingerprint"))
                 self.done.add(item.job.job_id)
                 self.on_result(record)
 
     def remaining(self) -> list[PlanItem]:
         return [i for i in self.items if i.job.job_id not in self.done]
-
-
-def base_record(job: Job, transport: str) -> dict[str, Any]:
-    return {
-        "job_id": job.job_id, "workload_id": job.workload_id, "device": job.device,
-        "transport": transport, "backend": job.backend, "threads": job.threads,
-        "delegate": job.delegate,
-    }
 
 
 def parse_check(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from backends.base import Artifact, DeviceError, Job, ResultCallback, TimingPoli
 from backends.local import batch_timeout
 from backends.protocol import PlanItem, RunnerSession, make_plan, parse_check
 from backends.runner import zipapp_path
+from harness.records import ErrorKind
 from harness.registry import Fail, TransportInfo
 
 
@@ -120,15 +121,15 @@ class SshTransport(Transport):
                                        stdin=json.dumps(plan).encode(), on_stdout_line=session.feed)
             if session.remaining():
                 tail = (stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-                session.fail_remaining(f"runner on {self.label} exited with code {code}: {tail}")
+                session.fail_remaining(f"runner on {self.label} exited with code {code}: {tail}", ErrorKind.CRASH)
         except RemoteTimeout as exc:
             if session is not None:
-                session.fail_remaining(f"runner on {self.label} timed out: {exc}")
+                session.fail_remaining(f"runner on {self.label} timed out: {exc}", ErrorKind.TIMEOUT)
             else:
                 raise DeviceError(str(exc)) from exc
         except ConnectionLost as exc:
             if session is not None:
-                session.fail_remaining(f"connection to {self.label} lost: {exc}")
+                session.fail_remaining(f"connection to {self.label} lost: {exc}", ErrorKind.DEVICE)
             raise DeviceError(f"connection lost: {exc}") from exc
         except SshError as exc:
             raise DeviceError(str(exc)) from exc

@@ -244,8 +244,8 @@ def _print_run_summary(run_path: Path) -> None:
                  _human(r.macs), f"{r.gmacs_per_s:.1f}", r.output_check_status]
                 for r in nets.itertuples()]
         _print_table("networks", ["device/backend", "network", "median ms", "MACs", "GMAC/s", "output"], rows)
-    if "warnings" in frame:
-        busy = sum(1 for w in frame["warnings"] if isinstance(w, list) and any("busy" in x for x in w))
+    if "machine_busy" in frame:
+        busy = int(frame["machine_busy"].fillna(False).astype(bool).sum())
         if busy:
             click.echo(f"warning: {busy} of {len(frame)} jobs ran while other processes used this machine's CPU "
                        "(see each record's other_cpu_cores); their timings are noisier")

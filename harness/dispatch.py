@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import STATUS_ERROR, Artifact, DeviceError, Job, TimingPolicy, Transport, error_record
+from backends.base import STATUS_ERROR, Artifact, DeviceError, Job, TimingPolicy, Transport
 from harness import registry
 from harness.devices import Device
+from harness.records import ErrorKind, error_record
 
 HOST_LOCK = threading.Lock()  # jobs whose runner runs on this host never overlap
 # After Ctrl-C (or SIGTERM/SIGHUP), how long devices get to stop their runners and clean up.
@@ -74,7 +75,7 @@ def _run_device(work: DeviceWork, artifacts: Mapping[str, Mapping[str, Artifact]
         with contextlib.suppress(StopDispatch):
             for job in work.jobs:
                 if job.job_id not in work.done:
-                    emit(error_record(job, device.transport, reason))
+                    emit(error_record(job, device.transport, reason, ErrorKind.DEVICE))
 
     transport: Transport | None = None
     try:

@@ -1,18 +1,27 @@
-"""Turn a transport's raw result into a self-describing measurement record.
+"""The measurement record: one typed shape, built and checked in one place.
 
-Adds the workload's analytic cost, the latency summary, the output check against the
-PyTorch reference and the final status.  Every transport's results pass through here,
-so records look alike whichever way they travelled.
+Transports report what they measured with ``raw_record`` (or ``error_record`` for a job that
+could not be measured); ``finalize`` turns that into a ``Measurement``: the workload's
+analytic cost, the latency summary (nested ``Latency``), memory, energy, the output check
+against the PyTorch reference (``OutputCheck``), the final status, an ``ErrorKind`` for
+failures and a busy-machine flag. ``Measurement.to_dict()`` is what the store writes, one JSON
+object per line, under ``SCHEMA_VERSION`` (run.json says which; readers migrate older runs).
+
+``requested_delegate`` is what the job asked for (an Android delegate: cpu, xnnpack, gpu,
+nnapi); ``provider`` is what the runtime reports it used (an ONNX Runtime execution
+provider, TFLite's xnnpack or builtin kernels, the delegate benchmark_model applied).
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from backends.base import STATUS_ERROR, STATUS_INVALID, STATUS_OK, Artifact
+from backends.base import STATUS_ERROR, STATUS_INVALID, STATUS_OK, Artifact, Job
 from harness.catalog import workload_row
 from harness.measure.stats import summarize
 
@@ -21,6 +30,179 @@ OUTPUT_RTOL = 1e-4
 # Other processes using more than this many cores during a job make its timing suspect.
 BUSY_CORES = 0.25
 _FINGERPRINT_KEYS = ("machine", "cpu_model", "board_model", "cores", "memory_bytes", "os", "emulated")
+# Version 2: requested_delegate and provider apart (v1 had one `delegate`), error_kind, machine_busy.
+SCHEMA_VERSION = 2
+
+
+class ErrorKind(enum.StrEnum):
+    """Why a job has no trustworthy measurement (status error), as a value, not words in a message."""
+
+    EXPORT = "export_failed"  # the artifact could not be exported on the host
+    DEVICE = "device_failed"  # the device as a whole: unreachable, unauthorized, vanished, its worker lost
+    RUNTIME = "runtime_error"  # the runtime raised while loading or running this job
+    CRASH = "runner_crashed"  # the process measuring this job died
+    TIMEOUT = "timeout"  # the job outlived its wall-clock limit
+    NO_SAMPLES = "no_samples"  # it ran but returned no latency
+    ARTIFACT = "artifact_unavailable"  # the artifact could not be brought to the device
+
+
+@dataclass
+class Latency:
+    """The summary of one invocation's samples (each the per-call mean of a block of calls)."""
+
+    n: int
+    median: float
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    q1: float | None = None
+    q3: float | None = None
+    iqr: float | None = None
+    cv: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_rel_width: float | None = None
+    outliers: int | None = None
+    block_size: int = 1
+    statistic: str = "median of per-call times"
+    extra: dict[str, Any] = field(default_factory=dict)  # a transport's own fields (e.g. benchmark_model's)
+
+    @classmethod
+    def from_samples(cls, samples: list[float], block_size: int) -> Latency:
+        return cls(**summarize(samples).to_dict(), block_size=block_size,
+                   statistic="median of per-call times" if block_size == 1 else
+                   f"median of per-call means over blocks of {block_size} calls")
+
+
+@dataclass
+class OutputCheck:
+    status: str  # match | mismatch | not_checked
+    max_abs_diff: float | None = None
+    scale: float | None = None
+    tolerance: float | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Memory:
+    peak_rss_bytes: int | None = None  # the measuring process's peak (VmHWM), or the device tool's
+    baseline_rss_bytes: int | None = None  # runtime imported, model not loaded
+    rss_increase_bytes: int | None = None  # the model's own: peak - baseline
+    gpu_peak_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Energy:
+    status: str  # ok | unavailable
+    joules_per_inference: float | None = None
+    joules: float | None = None
+    inferences: int | None = None
+    window_s: float | None = None
+    sensor: str | None = None
+    resolution: str | None = None
+    idle_watts: float | None = None
+    idle_subtracted: bool | None = None
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _split(cls: type, data: dict[str, Any] | None) -> Any:
+    """A nested type from a dict: known fields typed, the rest kept in ``extra``."""
+    if data is None:
+        return None
+    names = {f.name for f in fields(cls)} - {"extra"}
+    known = {k: v for k, v in data.items() if k in names}
+    rest = {k: v for k, v in data.items() if k not in names and k != "extra"}
+    rest.update(data.get("extra") or {})
+    return cls(**known, extra=rest) if "extra" in {f.name for f in fields(cls)} else cls(**known)
+
+
+def _flat(value: Any) -> Any:
+    """A nested type as the JSON object it is stored as (``extra`` merged back in)."""
+    if value is None:
+        return None
+    data = asdict(value)
+    extra = data.pop("extra", None) or {}
+    return {k: v for k, v in {**data, **extra}.items() if v is not None}
+
+
+@dataclass
+class Measurement:
+    job_id: str
+    workload_id: str
+    device: str
+    transport: str | None
+    backend: str
+    threads: int
+    status: str
+    requested_delegate: str | None = None
+    provider: str | None = None
+    error: str | None = None
+    error_kind: ErrorKind | None = None
+    machine_busy: bool = False
+    latency: Latency | None = None
+    memory: Memory | None = None
+    energy: Energy | None = None
+    output_check: OutputCheck | None = None
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # samples, thermal, fingerprint, workload cost, ...
+
+    @property
+    def delegate(self) -> str | None:
+        """What one column shows and runs are matched on: the request if any, else what ran."""
+        return self.requested_delegate or self.provider
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        for name in ("latency", "memory", "energy", "output_check"):
+            out[name] = _flat(out[name])
+        out["error_kind"] = str(self.error_kind) if self.error_kind else None
+        out["delegate"] = self.delegate
+        return {k: v for k, v in {**out, **self.extra}.items() if v is not None or k in ("error", "status")}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in data.items() if k in names and k != "extra"}
+        extra = {k: v for k, v in data.items() if k not in names and k != "delegate"}
+        known["latency"] = _split(Latency, known.get("latency"))
+        known["memory"] = _split(Memory, known.get("memory"))
+        known["energy"] = _split(Energy, known.get("energy"))
+        known["output_check"] = _split(OutputCheck, known.get("output_check"))
+        kind = known.get("error_kind")
+        known["error_kind"] = ErrorKind(kind) if kind in ErrorKind._value2member_map_ else None
+        known.setdefault("status", STATUS_ERROR)
+        return cls(**known, extra=extra)
+
+
+def raw_record(job: Job, transport: str | None, **fields: Any) -> dict[str, Any]:
+    """What a transport reports for one job (``finalize`` makes it a Measurement)."""
+    return {"job_id": job.job_id, "workload_id": job.workload_id, "device": job.device, "transport": transport,
+            "backend": job.backend, "threads": job.threads, "requested_delegate": job.delegate, **fields}
+
+
+def error_record(job: Job, transport: str | None, message: str, kind: ErrorKind, **fields: Any) -> dict[str, Any]:
+    """What a transport reports for a job it could not measure."""
+    return raw_record(job, transport, status=STATUS_ERROR, error=message, error_kind=str(kind), **fields)
+
+
+def migrate(record: dict[str, Any], schema: int) -> dict[str, Any]:
+    """A stored record in today's shape (``schema``: the version its run.json gives)."""
+    if schema < 2 and "requested_delegate" not in record:
+        # v1 had one `delegate`: the requested Android delegate on adb, the observed provider elsewhere.
+        record = dict(record)
+        delegate = record.get("delegate")
+        if record.get("transport") == "adb":
+            record["requested_delegate"] = delegate
+        else:
+            record.setdefault("provider", delegate)
+            record["requested_delegate"] = None
+    return record
 
 
 def fingerprint_id(fingerprint: dict[str, Any] | None) -> str | None:
@@ -50,8 +232,9 @@ def check_output(output_path: Path, artifact: Artifact) -> dict[str, Any]:
             "max_abs_diff": max_abs, "scale": scale, "tolerance": tolerance}
 
 
-def finalize(record: dict[str, Any], artifact: Artifact | None) -> dict[str, Any]:
-    record = dict(record)
+def finalize(raw: dict[str, Any], artifact: Artifact | None) -> dict[str, Any]:
+    """The one place a transport's result becomes a checked Measurement (returned as its stored dict)."""
+    record = dict(raw)
     try:
         record["workload"] = workload_row(record["workload_id"])
     except Exception as exc:  # an unknown id was already rejected upstream; keep the record anyway
@@ -59,32 +242,31 @@ def finalize(record: dict[str, Any], artifact: Artifact | None) -> dict[str, Any
     record["device_fingerprint"] = dict(record.get("device_fingerprint") or {})
     if record["device_fingerprint"]:
         record["device_fingerprint"]["id"] = fingerprint_id(record["device_fingerprint"])
-    if record.get("error"):
-        record["status"] = STATUS_ERROR
-        return record
-    samples = record.get("samples_s") or []
-    if samples:
-        block = int(record.get("block_size") or 1)
-        record["latency"] = {**summarize(samples).to_dict(), "block_size": block,
-                             "statistic": "median of per-call times" if block == 1 else
-                             f"median of per-call means over blocks of {block} calls"}
-    if not record.get("latency"):
-        record.update(status=STATUS_ERROR, error="no latency samples were returned")
-        return record
-    problems = list(record.get("problems") or [])
     output_path = record.pop("output_path", None)
+    record.pop("delegate", None)
+    m = Measurement.from_dict({**record, "status": record.get("status") or STATUS_OK})
+    others = m.extra.get("other_cpu_cores")
+    m.machine_busy = others is not None and others > BUSY_CORES
+    if m.error:
+        m.status = STATUS_ERROR
+        m.error_kind = m.error_kind or ErrorKind.RUNTIME
+        return m.to_dict()
+    samples = m.extra.get("samples_s") or []
+    if samples:
+        m.latency = Latency.from_samples(samples, int(m.extra.get("block_size") or 1))
+    if m.latency is None:
+        m.status, m.error, m.error_kind = STATUS_ERROR, "no latency samples were returned", ErrorKind.NO_SAMPLES
+        return m.to_dict()
     if output_path and artifact is not None:
-        record["output_check"] = check_output(Path(output_path), artifact)
-    elif not record.get("output_check"):
-        record["output_check"] = {"status": "not_checked",
-                                  "reason": record.get("output_fetch_error") or "the runtime returned no output"}
-    if record["output_check"]["status"] == "mismatch":
+        m.output_check = OutputCheck(**check_output(Path(output_path), artifact))
+    elif m.output_check is None:
+        m.output_check = OutputCheck("not_checked", reason=m.extra.get("output_fetch_error")
+                                     or "the runtime returned no output")
+    problems = list(m.problems)
+    if m.output_check.status == "mismatch":
         problems.append("output differs from the PyTorch reference")
-    record["problems"] = problems
-    warnings = list(record.get("warnings") or [])
-    others = record.get("other_cpu_cores")
-    if others is not None and others > BUSY_CORES:
-        warnings.append(f"machine was busy: other processes used {others:.2f} cores while measuring")
-    record["warnings"] = warnings
-    record["status"] = STATUS_INVALID if problems else STATUS_OK
-    return record
+    m.problems = problems
+    if m.machine_busy:
+        m.warnings = [*m.warnings, f"machine was busy: other processes used {others:.2f} cores while measuring"]
+    m.status = STATUS_INVALID if problems else STATUS_OK
+    return m.to_dict()

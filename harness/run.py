@@ -22,7 +22,7 @@ from harness.devices import Device
 from harness.dispatch import DeviceWork, StopDispatch, dispatch
 from harness.errors import UserError
 from harness.plan import RunRequest
-from harness.records import finalize
+from harness.records import ErrorKind, error_record, finalize
 from harness.registry import BACKENDS
 from harness.store import DiskFull, RunWriter
 
@@ -224,9 +224,7 @@ def execute(request: RunRequest, on_event: Callable[[Event], None] = lambda even
                 for job in jobs:
                     failure = failures.get((job.workload_id, BACKENDS[job.backend].format))
                     if failure:
-                        store(finalize({"job_id": job.job_id, "workload_id": job.workload_id,
-                                        "device": job.device, "backend": job.backend, "threads": job.threads,
-                                        "delegate": job.delegate, "error": failure}, None))
+                        store(finalize(error_record(job, None, failure, ErrorKind.EXPORT), None))
                 on_event(MeasuringStarted({d.name: sum(1 for j in jobs if j.device == d.name) for d in devices},
                                           len(records)))
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.records import SCHEMA_VERSION, migrate
 
 RUN_FILE = "run.json"
 MEASUREMENTS_FILE = "measurements.jsonl"
@@ -103,7 +104,7 @@ class RunWriter:
         self.run_id = run_id or new_run_id()
         self.path = results_dir / self.run_id
         self.path.mkdir(parents=True, exist_ok=False)
-        self.info = dict(provenance, run_id=self.run_id, status="running",
+        self.info = dict(provenance, schema_version=SCHEMA_VERSION, run_id=self.run_id, status="running",
                          started_at=dt.datetime.now(dt.UTC).isoformat(), counts={})
         self.disk_full: str | None = None  # why records are refused, once the disk filled
         self._reserve = self.path / RESERVE_FILE
@@ -301,6 +302,10 @@ def read_info(path: Path) -> dict[str, Any]:
             from None
     if not isinstance(info, dict):
         raise DamagedRun(f"{file}: damaged, a JSON {_type_name(info)} instead of an object")
+    schema = info.get("schema_version", 1)
+    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        raise DamagedRun(f"{file}: written with record schema {schema}, newer than this convbench reads "
+                         f"({SCHEMA_VERSION}); upgrade convbench to read this run")
     bad = [key for key, types in _INFO_TYPES.items() if key in info and not _is(info[key], types)]
     if bad:
         warn(f"{file}: ignored field(s) of the wrong type: "
@@ -345,7 +350,7 @@ def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if problem:
             skipped.append((number, problem))
             continue
-        records.append(record)
+        records.append(migrate(record, info.get("schema_version", 1)))
     _skipped[path.resolve()] = [(f"{measurements}:{number}", why) for number, why in skipped]
     if skipped:
         total = len(records) + len(skipped)

@@ -156,7 +156,7 @@ def _run_item_in_fresh_process(item, plan):
         why = "the runtime crashed (signal %d) while measuring this item" % -proc.returncode
     else:
         why = "the measuring process exited with code %d and no result" % proc.returncode
-    return {"type": "result", "job_id": item["job_id"], "error": why}
+    return {"type": "result", "job_id": item["job_id"], "error": why, "error_kind": "runner_crashed"}
 
 
 def run_item(runtime, item, plan):
