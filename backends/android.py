@@ -2,14 +2,18 @@
 
 Per batch (one device, thread count and delegate):
 
-1. the device must be online and authorized (``adb get-state``), otherwise ``DeviceError``
-   with what to do (accept the RSA prompt, reconnect the cable, ``adb connect``);
+1. the device must be online and authorized (its state from the adb server), otherwise
+   ``DeviceError`` with what to do (accept the RSA prompt, reconnect the cable, ``adb connect``);
 2. once per transport: the fingerprint (``getprop``, cpufreq), ``benchmark_model`` pushed to
    ``/data/local/tmp/convbench/`` (or found on the device) and probed, the battery sensor probed;
 3. per job: the ``.tflite`` is pushed unless the device already holds it (same sha256), the
    device cools down below ``thermal.cooldown_c`` if set (bounded by ``max_wait_s``), thermal
    and cpufreq are read, ``benchmark_model`` runs (under ``taskset`` when ``cpu_mask`` is set)
-   while a thread samples ``current_now``/``voltage_now`` over adb, and its output is parsed.
+   while one shell loop on the phone prints ``current_now``/``voltage_now`` every 100 ms (one
+   stream over adb, read by a thread), and its output is parsed.
+
+All of it goes through the user's adb server (``backends.adb``): one socket per call, no adb
+process.
 
 Every line benchmark_model prints is timestamped on arrival, so the battery energy is
 integrated over the measured loop only: from the second ``Running benchmark for at least``
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import re
 import shlex
@@ -40,6 +45,7 @@ from backends.adb import (
     AdbError,
     AdbNotInstalled,
     AdbTimeout,
+    ShellSession,
     integrate_energy,
     power_supply_units,
     quote_args,
@@ -51,11 +57,10 @@ from backends.base import (
     ResultCallback,
     TimingPolicy,
     Transport,
-    error_record,
 )
 from backends.benchmark_model import BenchmarkModelResult, TimingStats, parse_benchmark_output, timing_event
-from backends.protocol import base_record
 from backends.runner import file_sha256
+from harness.records import ErrorKind, error_record, raw_record
 from harness.registry import Fail, TransportInfo
 
 REMOTE_DIR = "/data/local/tmp/convbench"
@@ -68,7 +73,8 @@ BENCHMARK_HELP = (
 ENERGY_SENSOR = "battery(power_supply)"
 ENERGY_NOTE = "USB charging distorts battery readings: unplug or disable charging (e.g. `dumpsys battery unplug`)"
 BATTERY_SENSORS = ("auto", "battery", "power_supply")
-SAMPLE_PERIOD_S = 0.1  # battery sampling period (one `adb shell` per sample)
+SAMPLE_PERIOD_S = 0.1  # battery sampling period of the loop on the phone
+SAMPLED_HOW = "by a shell loop on the device, streamed over adb"
 COOLDOWN_POLL_S = 0.5
 TAIL_LINES = 8
 PID_MARKER = "__CONVBENCH_PID__="
@@ -154,6 +160,15 @@ def latency_from(stats: TimingStats) -> dict[str, Any]:
     if out.get("mean") and out.get("std") is not None:
         out["cv"] = out["std"] / out["mean"]
     return out
+
+
+def observed_provider(requested: str | None, result: BenchmarkModelResult, delegation: dict[str, Any]) -> str:
+    """What ran the graph: the requested delegate (``+cpu`` when it took only part), else XNNPACK or built-ins."""
+    delegated, total = delegation.get("delegated_nodes") or 0, delegation.get("total_nodes")
+    if requested in DELEGATE_LABELS and not delegation.get("ran_nothing") and delegated:
+        return requested if not total or delegated >= total else f"{requested}+cpu"
+    xnn = result.delegates.get("xnnpack")
+    return "xnnpack" if xnn is not None and xnn.nodes_delegated else "builtin"
 
 
 def delegation_report(requested: str | None, result: BenchmarkModelResult) -> tuple[dict[str, Any], list[str],
@@ -315,22 +330,41 @@ def _without_pid(text: str) -> str:
 # -- battery sampling -------------------------------------------------------------------------
 
 
-class BatterySampler:
-    """Reads current_now and voltage_now with one ``adb shell`` per sample, in a thread.
+def battery_loop_command(current_path: str, voltage_path: str, period_s: float, max_s: float) -> str:
+    """One remote shell loop printing ``uptime current_now voltage_now`` every ``period_s``.
 
-    Samples are ``(host monotonic time, watts)``, stamped at the middle of each adb call.
-    ``stop()`` takes one last sample after it is asked to, so the end of a run is covered.
+    The time is the phone's uptime (/proc/uptime, 10 ms steps); the files are read with the
+    shell's own ``read`` (no process per sample); the loop ends by itself after ``max_s``.
+    """
+    count = max(1, math.ceil(max_s / period_s))
+    current, voltage = shlex.quote(current_path), shlex.quote(voltage_path)
+    return (f"n=0; while [ $n -lt {count} ]; do read -r t _ < /proc/uptime; read -r c < {current}; "
+            f"read -r v < {voltage}; echo \"$t $c $v\"; n=$((n + 1)); sleep {period_s:g}; done")
+
+
+class BatterySampler:
+    """current_now and voltage_now read by one shell loop on the phone, streamed back over adb.
+
+    Each line is stamped on arrival; the phone's times are moved onto this computer's
+    monotonic clock by the smallest (arrival - phone time) seen, so samples keep the phone's
+    spacing and line up with benchmark_model's lines, which are stamped on arrival too.
+    ``samples`` are ``(host monotonic time, watts)``.  ``stop()`` waits for one sample taken
+    after it was asked to (so the end of a run is covered), then closes the stream: adbd sends
+    the loop SIGHUP.
     """
 
     def __init__(self, client: AdbClient, current_path: str, voltage_path: str,
-                 period_s: float = SAMPLE_PERIOD_S) -> None:
+                 period_s: float = SAMPLE_PERIOD_S, max_s: float = 3600.0) -> None:
         self.client = client
-        self.command = quote_args(["cat", current_path, voltage_path])
+        self.command = battery_loop_command(current_path, voltage_path, period_s, max_s)
         self.period_s = period_s
-        self.samples: list[tuple[float, float]] = []
         self.units: dict[str, str] | None = None
         self.error: str | None = None
-        self._stop = threading.Event()
+        self._readings: list[tuple[float, float, float]] = []  # (phone time, arrival, watts)
+        self._session: ShellSession | None = None
+        self._stopping = False
+        self._ended = False
+        self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="adb-battery-sampler", daemon=True)
 
     def start(self) -> BatterySampler:
@@ -338,49 +372,72 @@ class BatterySampler:
         return self
 
     def stop(self) -> list[tuple[float, float]]:
-        self._stop.set()
+        asked = time.monotonic()
+        with self._cv:
+            self._cv.wait_for(lambda: self._ended or (self._readings and self._readings[-1][1] >= asked),
+                              timeout=3 * self.period_s + 1.0)
+            self._stopping = True
+            session = self._session
+        if session is not None:
+            session.close()
         self._thread.join(timeout=30)
-        return list(self.samples)
+        return self.samples
 
-    def _sample(self) -> bool:
-        started = time.monotonic()
-        try:
-            code, out, err = self.client.shell(self.command, timeout=15)
-        except DeviceError as exc:
-            self.error = str(exc)
-            return False
-        except AdbError as exc:
-            self.error = str(exc)
-            return True
-        ended = time.monotonic()
-        values = out.split()
-        if code != 0 or len(values) < 2:
-            self.error = f"cannot read the battery: {_tail(err or out, 2)}"
-            return True
-        try:
-            reading = power_supply_units(values[0], values[1])
-        except ValueError:
-            self.error = f"unexpected battery readings {values[:2]!r}"
-            return True
-        self.samples.append(((started + ended) / 2.0, reading.watts))
-        if self.units is None:
-            self.units = {"current": reading.current_unit, "voltage": reading.voltage_unit}
-        return True
+    @property
+    def samples(self) -> list[tuple[float, float]]:
+        with self._cv:
+            readings = list(self._readings)
+        if not readings:
+            return []
+        offset = min(arrival - phone for phone, arrival, _w in readings)
+        return [(phone + offset, watts) for phone, _arrival, watts in readings]
 
     def _loop(self) -> None:
-        next_at = time.monotonic()
-        while True:
-            if not self._sample() or self._stop.is_set():
-                return
-            next_at += self.period_s
-            delay = next_at - time.monotonic()
-            if delay < 0:
-                next_at, delay = time.monotonic(), 0.0
-            self._stop.wait(delay)
+        try:
+            session = self.client.open_shell(self.command, timeout=30)
+        except AdbError as exc:
+            self.error = str(exc)
+            with self._cv:
+                self._ended = True
+                self._cv.notify_all()
+            return
+        with self._cv:
+            self._session = session
+            if self._stopping:
+                session.close()
+        try:
+            for stream, line in session.lines():
+                if stream == "stdout":
+                    self._reading(line, time.monotonic())
+                elif line.strip():
+                    self.error = f"cannot read the battery: {line.strip()}"
+        finally:
+            session.close()
+            if not self._stopping and self.error is None:
+                self.error = "the battery sampling loop on the device ended early"
+            with self._cv:
+                self._ended = True
+                self._cv.notify_all()
+
+    def _reading(self, line: str, arrival: float) -> None:
+        fields = line.split()
+        try:
+            phone = float(fields[0])
+            reading = power_supply_units(fields[1], fields[2])
+        except (IndexError, ValueError):
+            self.error = f"unexpected battery readings {fields[1:3]!r}"
+            return
+        with self._cv:
+            self._readings.append((phone, arrival, reading.watts))
+            self._cv.notify_all()
+        if self.units is None:
+            self.units = {"current": reading.current_unit, "voltage": reading.voltage_unit}
 
     def interval_s(self) -> float | None:
-        """The median time between samples (adb round trips make it longer than the period)."""
-        gaps = sorted(b[0] - a[0] for a, b in itertools.pairwise(self.samples))
+        """The median time between samples on the phone (a little more than the period)."""
+        with self._cv:
+            times = [phone for phone, _arrival, _w in self._readings]
+        gaps = sorted(b - a for a, b in itertools.pairwise(times))
         return gaps[len(gaps) // 2] if gaps else None
 
 
@@ -642,10 +699,10 @@ class AndroidTransport(Transport):
                 record = self._run_job(job, artifacts[job.workload_id], policy)
             except DeviceError as exc:
                 reason = self._gone_reason(exc)
-                on_result(self._error(job, f"{self.serial} went away during this job: {reason}"))
+                on_result(self._error(job, f"{self.serial} went away during this job: {reason}", ErrorKind.DEVICE))
                 raise DeviceError(f"{self.serial} went away during {job.job_id}: {reason}") from exc
             except AdbError as exc:  # a failed push, a command that timed out: this job only
-                record = self._error(job, f"{type(exc).__name__}: {exc}")
+                record = self._error(job, f"{type(exc).__name__}: {exc}", ErrorKind.RUNTIME)
             on_result(record)
 
     def _gone_reason(self, exc: DeviceError) -> str:
@@ -656,11 +713,9 @@ class AndroidTransport(Transport):
             return str(now)
         return f"{exc} (it is back in state {state!r})"
 
-    def _error(self, job: Job, message: str, **extra: Any) -> dict[str, Any]:
-        record = error_record(job, self.name, message)
-        record.update(runtime="tflite", runtime_version=self._runtime_version,
-                      device_fingerprint=self._fingerprint, **extra)
-        return record
+    def _error(self, job: Job, message: str, kind: ErrorKind, **extra: Any) -> dict[str, Any]:
+        return error_record(job, self.name, message, kind, runtime="tflite", runtime_version=self._runtime_version,
+                            device_fingerprint=self._fingerprint, **extra)
 
     def _push_model(self, artifact: Artifact) -> str:
         sha = artifact.sha256 or file_sha256(artifact.path)
@@ -671,7 +726,8 @@ class AndroidTransport(Transport):
 
     def _run_job(self, job: Job, artifact: Artifact, policy: TimingPolicy) -> dict[str, Any]:
         if self._binary is None:
-            return self._error(job, self._binary_error or f"benchmark_model not found: {BENCHMARK_HELP}")
+            return self._error(job, self._binary_error or f"benchmark_model not found: {BENCHMARK_HELP}",
+                               ErrorKind.RUNTIME)
         remote_model = self._push_model(artifact)
         extra: dict[str, Any] = {}
         warnings: list[str] = []
@@ -694,7 +750,8 @@ class AndroidTransport(Transport):
 
         idle_watts = None
         if self._energy_unavailable is None and policy.energy_idle_seconds > 0:
-            idle = BatterySampler(self.client, *self._battery_paths()).start()
+            idle = BatterySampler(self.client, *self._battery_paths(),
+                                  max_s=policy.energy_idle_seconds + 60).start()
             idle_started = time.monotonic()
             time.sleep(policy.energy_idle_seconds)
             idle_ended = time.monotonic()
@@ -720,7 +777,7 @@ class AndroidTransport(Transport):
 
         sampler = None
         if self._energy_unavailable is None:
-            sampler = BatterySampler(self.client, *self._battery_paths()).start()
+            sampler = BatterySampler(self.client, *self._battery_paths(), max_s=timeout + 60).start()
         started = time.monotonic()
         try:
             # The shell prints its pid, then becomes benchmark_model (exec): a timed-out run can be
@@ -736,7 +793,11 @@ class AndroidTransport(Transport):
             return self._error(job, f"benchmark_model timed out after {timeout:.0f} s (--max-time "
                                     f"{policy.max_seconds:g} s); last output: "
                                     f"{_tail(_without_pid(exc.stdout) + exc.stderr)}",
-                               **extra)
+                               ErrorKind.TIMEOUT, **extra)
+        except BaseException:
+            if sampler is not None:
+                sampler.stop()
+            raise
         finally:
             ended = time.monotonic()
         samples = sampler.stop() if sampler is not None else []
@@ -746,21 +807,22 @@ class AndroidTransport(Transport):
         extra["benchmark"]["exit_code"] = code
 
         if code != 0:
-            return self._error(job, f"benchmark_model exited with code {code}: {_tail(text)}", **extra)
+            return self._error(job, f"benchmark_model exited with code {code}: {_tail(text)}", ErrorKind.RUNTIME,
+                               **extra)
         result = parse_benchmark_output(text)
         if result.inference is None or result.latency_us is None or not result.inference.count:
             why = "; ".join(result.errors) or "no measured-run statistics"
-            return self._error(job, f"cannot read benchmark_model's output ({why}): {_tail(text)}", **extra)
+            return self._error(job, f"cannot read benchmark_model's output ({why}): {_tail(text)}", ErrorKind.RUNTIME,
+                               **extra)
 
-        record = base_record(job, self.name)
-        record.update(extra)
+        record = raw_record(job, self.name, **extra)
         delegation, problems, delegate_warnings = delegation_report(job.delegate, result)
         warnings += delegate_warnings
         match = _VERSION.search(text)
         record.update(
             runtime="tflite",
             runtime_version=match.group("version") if match else self._runtime_version,
-            delegate=job.delegate,
+            provider=observed_provider(job.delegate, result, delegation),
             device_fingerprint=self._fingerprint,
             latency=latency_from(result.inference),
             first_inference_s=(result.first_inference_us if result.first_inference_us is not None
@@ -804,7 +866,8 @@ class AndroidTransport(Transport):
             return {"status": "unavailable", "sensor": None, "reason": self._energy_unavailable}
         interval = sampler.interval_s()
         period_ms = (interval or sampler.period_s) * 1e3
-        energy: dict[str, Any] = {"sensor": ENERGY_SENSOR, "resolution": f"sampled every {period_ms:.0f} ms over adb",
+        energy: dict[str, Any] = {"sensor": ENERGY_SENSOR,
+                                  "resolution": f"sampled every {period_ms:.0f} ms {SAMPLED_HOW}",
                                   "note": ENERGY_NOTE, "units": sampler.units, "samples": len(samples),
                                   "battery_status": battery_status}
         if battery_status in ("Charging", "Full"):
@@ -855,7 +918,7 @@ class AndroidTransport(Transport):
                     if self._binary else {"tflite": {"error": self._binary_error}})
         if self._energy_unavailable is None:
             energy: dict[str, Any] = {"sensor": ENERGY_SENSOR,
-                                      "resolution": f"sampled every ~{SAMPLE_PERIOD_S * 1e3:.0f} ms over adb",
+                                      "resolution": f"sampled every ~{SAMPLE_PERIOD_S * 1e3:.0f} ms {SAMPLED_HOW}",
                                       "note": ENERGY_NOTE}
         else:
             energy = {"sensor": None, "reason": self._energy_unavailable}
@@ -863,7 +926,8 @@ class AndroidTransport(Transport):
                 "runtimes": runtimes, "energy": energy, "state": state, "serial": self.serial}
 
     def close(self) -> None:
-        """Nothing stays open: every adb call is its own process; pushed files stay cached on the device."""
+        """Nothing stays open: each adb call is one connection to the server, closed when it ends;
+        pushed files stay cached on the device."""
 
 
 def _validate(options: Mapping[str, Any], fail: Fail) -> None:

@@ -301,7 +301,7 @@ def _print_compare(result: Any) -> None:
 
     colour = {"regressed": "red", "improved": "green", "inconclusive": "yellow"}
     rows = []
-    for row in sorted(result.rows, key=cmp._order):
+    for row in sorted(result.rows, key=cmp.row_order):
         cells = cmp.row_cells(row)
         if row["verdict"] in colour:
             index = cmp.COLUMNS.index("verdict")

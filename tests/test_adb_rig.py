@@ -1,8 +1,10 @@
-"""AdbClient and the loopback device against the real ``adb`` client and server.
+"""AdbClient and the loopback device against the real adb server (and the real ``adb`` client).
 
 The device (tests/rigs/adb_device.py) speaks the device side of the ADB protocol on
 127.0.0.1 and runs commands in a bubblewrap sandbox; an isolated adb server (its own port
-and HOME) connects to it with ``adb connect``.
+and HOME) connects to it with ``adb connect``.  AdbClient talks to that server through
+adbutils (no adb process per call); the real ``adb`` client checks the rig itself
+(directory push/pull, ``ls``, stdin, the legacy services).
 """
 # ruff: noqa: F811 - the fixtures are imported here, pytest passes them back as arguments
 
@@ -21,6 +23,7 @@ from backends.adb import (
     AdbClient,
     AdbCommandFailed,
     AdbDeviceNotFound,
+    AdbError,
     AdbNotInstalled,
     AdbOffline,
     AdbTimeout,
@@ -37,6 +40,7 @@ from tests.rigs.adb_fixtures import (  # noqa: F401
     ConnectedDevice,
     adb_device,
     adb_device_factory,
+    adb_processes,
     adb_server,
     free_port,
     make_tiny_tflite,
@@ -91,6 +95,69 @@ def test_connect_and_list(adb_device: ConnectedDevice, adb_server: AdbServer) ->
     assert "shell_v2" in client.features()
     listing = adb_server.run("devices", "-l").stdout
     assert "model:LoopbackPhone" in listing and "device:loopback" in listing
+
+
+@rig
+def test_one_shot_calls_start_no_adb_process(adb_device: ConnectedDevice, tmp_path) -> None:
+    client = adb_device.client()
+    local = tmp_path / "blob.bin"
+    local.write_bytes(b"x" * 1000)
+    with adb_processes() as started:
+        assert client.get_state() == "device" and (adb_device.serial, "device") in client.devices()
+        assert client.shell("echo hi; echo err >&2; exit 3", timeout=30) == (3, "hi\n", "err\n")
+        client.push(local, "/data/local/tmp/blob.bin")
+        assert client.stat("/data/local/tmp/blob.bin")[0] == 1000  # type: ignore[index]
+        assert client.pull("/data/local/tmp/blob.bin", tmp_path / "back.bin").read_bytes() == b"x" * 1000
+        assert client.getprop("ro.product.model") == "LoopbackPhone"
+        assert client.connect(adb_device.serial) == "device"
+    assert started == []
+    assert [s for s in adb_device.device.opened_services if s.startswith("shell")] == [
+        "shell,v2,raw:echo hi; echo err >&2; exit 3", "shell,v2,raw:getprop ro.product.model"]
+
+
+@rig
+def test_the_server_is_started_once_on_the_configured_port(adb_server: AdbServer, tmp_path) -> None:
+    port = free_port()
+    env = {"ANDROID_ADB_SERVER_PORT": str(port), "HOME": str(tmp_path), "ANDROID_USER_HOME": str(tmp_path / ".a")}
+    client = AdbClient(adb_server.adb, env=env)
+    try:
+        with adb_processes() as started:
+            assert client.devices() == []
+            assert client.devices() == []
+        assert started == [[adb_server.adb, "start-server"]]  # the one use of the adb executable
+        assert AdbServer(adb_server.adb, port, tmp_path, env).run("devices").returncode == 0
+    finally:
+        AdbServer(adb_server.adb, port, tmp_path, env).run("kill-server")
+
+
+@rig
+def test_shell_stream_lines_arrive_as_printed(adb_device: ConnectedDevice) -> None:
+    client = adb_device.client()
+    arrivals: list[tuple[float, str, str]] = []
+    code, out, err = client.shell_stream("echo one; sleep 1; echo two >&2; sleep 0.3; printf three",
+                                         lambda stream, line: arrivals.append((time.monotonic(), stream, line)),
+                                         timeout=30)
+    assert (code, out, err) == (0, "one\nthree", "two\n")
+    assert [(stream, line) for _t, stream, line in arrivals] == [("stdout", "one\n"), ("stderr", "two\n"),
+                                                                ("stdout", "three")]
+    assert arrivals[1][0] - arrivals[0][0] >= 0.9  # the first line came while the command ran
+
+
+@rig
+def test_closing_a_shell_session_ends_the_remote_command(adb_device: ConnectedDevice) -> None:
+    client = adb_device.client()
+    ticks = adb_device.root / "data/local/tmp/ticks"
+    session = client.open_shell("while :; do echo tick; echo tick >> /data/local/tmp/ticks; sleep 0.05; done")
+    lines = session.lines(time.monotonic() + 30)
+    assert [next(lines) for _ in range(3)] == [("stdout", "tick\n")] * 3
+    session.close()
+    assert session.exit_code is None
+    time.sleep(0.5)
+    count = len(ticks.read_text().splitlines())
+    time.sleep(0.5)
+    assert len(ticks.read_text().splitlines()) == count  # the loop on the device is gone
+    assert adb_device.device.running_commands == 0
+    assert client.shell("echo next", timeout=30) == (0, "next\n", "")
 
 
 @rig
@@ -164,22 +231,31 @@ def test_sync_stat_and_list(adb_device: ConnectedDevice, adb_server: AdbServer, 
     client = adb_device.client()
     local = tmp_path / "model.tflite"
     local.write_bytes(b"\0" * 1000)
-    client.push(local, "/data/local/tmp/")  # the client STATs the target and sees a directory
-    assert (adb_device.root / "data/local/tmp/model.tflite").stat().st_size == 1000
+    client.push(local, "/data/local/tmp/")  # into a directory
+    client.push(local, "/data/local/tmp/new")  # a new name
+    (adb_device.root / "data/local/tmp/sub").mkdir()
+    client.push(local, "/data/local/tmp/sub")  # STAT says it is a directory: into it
+    for name in ("model.tflite", "new", "sub/model.tflite"):
+        assert (adb_device.root / "data/local/tmp" / name).stat().st_size == 1000
     listing = adb_server.run("-s", adb_device.serial, "ls", "/data/local/tmp").stdout
     entries = {line.split()[-1]: line.split() for line in listing.splitlines()}
     assert int(entries["model.tflite"][1], 16) == 1000 and "." in entries and ".." in entries
+    with pytest.raises(IsADirectoryError):
+        client.push(tmp_path, "/data/local/tmp/")  # one file at a time
 
+    # Directories, symlinks and several DATA chunks, through the real adb client.
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "weights.bin").write_bytes(b"w" * 70_000)  # more than one 64 KiB DATA chunk
     (tree / "link").symlink_to("sub/weights.bin")
-    client.push(tree, "/data/local/tmp/")
+    assert adb_server.run("-s", adb_device.serial, "push", str(tree), "/data/local/tmp/").returncode == 0
     pushed = adb_device.root / "data/local/tmp/tree"
     assert os.readlink(pushed / "link") == "sub/weights.bin"
     assert (pushed / "sub" / "weights.bin").read_bytes() == b"w" * 70_000
-    back = client.pull("/data/local/tmp/tree", tmp_path / "back")  # LIST + RECV per file
-    assert (back / "sub" / "weights.bin").read_bytes() == b"w" * 70_000
+    back = tmp_path / "back"
+    assert adb_server.run("-s", adb_device.serial, "pull", "/data/local/tmp/tree", str(back)).returncode == 0
+    assert (back / "sub" / "weights.bin").read_bytes() == b"w" * 70_000  # LIST + RECV per file
+    assert client.pull("/data/local/tmp/tree/sub/weights.bin", tmp_path / "w.bin").read_bytes() == b"w" * 70_000
 
 
 @rig
@@ -205,14 +281,18 @@ def test_getprop_and_sysfs(adb_device: ConnectedDevice) -> None:
 def test_unauthorized_device(adb_device_factory: Callable[..., ConnectedDevice]) -> None:
     handle = adb_device_factory(authorized=False)
     client = handle.client()
-    assert (handle.serial, "unauthorized") in client.devices()
-    with pytest.raises(AdbUnauthorized, match="Allow USB debugging") as info:
-        client.shell("echo hi", timeout=30)
-    assert isinstance(info.value, DeviceError)
-    with pytest.raises(AdbUnauthorized, match="RSA"):
-        client.get_state()
-    with pytest.raises(AdbUnauthorized):
-        client.connect(handle.serial, timeout=30)
+    with adb_processes() as started:
+        assert (handle.serial, "unauthorized") in client.devices()
+        with pytest.raises(AdbUnauthorized, match="Allow USB debugging") as info:
+            client.shell("echo hi", timeout=30)
+        assert isinstance(info.value, DeviceError)
+        with pytest.raises(AdbUnauthorized, match="RSA"):
+            client.get_state()
+        with pytest.raises(AdbUnauthorized):
+            client.push(__file__, "/data/local/tmp/x")
+        with pytest.raises(AdbUnauthorized):
+            client.connect(handle.serial, timeout=30)
+    assert started == []  # the server's own list says why, no adb output is read
     assert handle.device.offered_public_keys  # the client offered its key; nobody accepted it
 
 
@@ -252,8 +332,14 @@ def test_unknown_serial_and_nothing_listening(adb_server: AdbServer) -> None:
     ghost = AdbClient(adb_server.adb, serial="127.0.0.1:1", env=adb_server.env)
     with pytest.raises(AdbDeviceNotFound):
         ghost.shell("echo hi", timeout=30)
-    with pytest.raises(AdbDeviceNotFound):
+    with pytest.raises(AdbDeviceNotFound, match="not found by the adb server"):
+        ghost.push(__file__, "/data/local/tmp/x")
+    with pytest.raises(AdbDeviceNotFound, match="not found by the adb server"):
+        ghost.get_state()
+    with pytest.raises(AdbDeviceNotFound, match="failed to connect"):
         AdbClient(adb_server.adb, env=adb_server.env).connect(f"127.0.0.1:{free_port()}", timeout=30)
+    with pytest.raises(AdbError, match=r"adb start-server \(port \d+\) failed"):
+        AdbClient("/bin/false", env={"ANDROID_ADB_SERVER_PORT": str(free_port())}).devices()
 
 
 @rig

@@ -1,7 +1,7 @@
-"""The adb transport: benchmark_model on a (loopback) Android device through the real ``adb``.
+"""The adb transport: benchmark_model on a (loopback) Android device through the real adb server.
 
-The device (tests/rigs/adb_device.py) speaks the ADB protocol to the real adb client and
-server, runs commands in a sandbox whose /data/local/tmp and /sys this test controls, and
+The device (tests/rigs/adb_device.py) speaks the ADB protocol to the real adb server (and
+client), runs commands in a sandbox whose /data/local/tmp and /sys this test controls, and
 the benchmark_model stand-in really runs the .tflite with ai_edge_litert.
 """
 # ruff: noqa: F811 - the fixtures are imported here, pytest passes them back as arguments
@@ -9,6 +9,7 @@ the benchmark_model stand-in really runs the .tflite with ai_edge_litert.
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from click.testing import CliRunner
 
 from backends.android import (
     AndroidTransport,
+    BatterySampler,
+    battery_loop_command,
     benchmark_argv,
     cpu_count,
     delegation_report,
@@ -39,6 +42,7 @@ from tests.rigs.adb_fixtures import (  # noqa: F401
     ConnectedDevice,
     adb_device,
     adb_device_factory,
+    adb_processes,
     adb_server,
 )
 
@@ -119,7 +123,59 @@ def test_energy_window_and_sysfs_parsing() -> None:
     assert snap["battery_status"] == "Discharging"
 
 
+def test_battery_loop_runs_under_a_posix_sh(tmp_path: Path) -> None:
+    (tmp_path / "current_now").write_text("-350000\n")
+    (tmp_path / "voltage_now").write_text("3850000\n")
+    command = battery_loop_command(str(tmp_path / "current_now"), str(tmp_path / "voltage_now"), 0.05, 0.2)
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30, check=True).stdout
+    lines = [line.split() for line in out.splitlines()]
+    assert len(lines) == 4 and all(fields[1:] == ["-350000", "3850000"] for fields in lines)
+    times = [float(fields[0]) for fields in lines]
+    assert times == sorted(times) and times[-1] - times[0] >= 0.14  # the device's uptime, 10 ms steps
+
+
+def test_battery_samples_move_the_phone_clock_onto_arrival_times() -> None:
+    sampler = BatterySampler(None, "/c", "/v", period_s=0.1)  # type: ignore[arg-type]
+    # Phone times 0.1 s apart; the second line was delayed 30 ms more than the others on its way.
+    for phone, arrival, current in ((500.0, 20.05, "-500000"), (500.1, 20.18, "-500000"),
+                                    (500.2, 20.25, "-1000000")):
+        sampler._reading(f"{phone:.2f} {current} 4000000\n", arrival)
+    samples = sampler.samples
+    assert [t for t, _w in samples] == pytest.approx([20.05, 20.15, 20.25])  # phone spacing, least delay
+    assert [w for _t, w in samples] == pytest.approx([2.0, 2.0, 4.0])
+    assert sampler.units == {"current": "uA", "voltage": "uV"} and sampler.interval_s() == pytest.approx(0.1)
+    sampler._reading("500.30 garbage\n", 20.35)
+    assert len(sampler.samples) == 3 and "unexpected battery readings" in str(sampler.error)
+
+
 # -- against the real adb and the loopback device ------------------------------------------------
+
+
+@rig
+def test_battery_sampler_is_one_loop_on_the_device(adb_device: ConnectedDevice) -> None:
+    adb_device.write_sys("class/power_supply/battery/current_now", "-500000\n")
+    adb_device.write_sys("class/power_supply/battery/voltage_now", "4000000\n")
+    client = adb_device.client()
+    base = "/sys/class/power_supply/battery"
+    with adb_processes() as started:
+        sampler = BatterySampler(client, f"{base}/current_now", f"{base}/voltage_now").start()
+        time.sleep(1.0)
+        adb_device.write_sys("class/power_supply/battery/current_now", "-1000000\n")
+        stepped = time.monotonic()
+        time.sleep(1.0)
+        samples = sampler.stop()
+    assert started == [] and sampler.error is None
+    assert [s for s in adb_device.device.opened_services if "/proc/uptime" in s] == [
+        s for s in adb_device.device.opened_services if s.startswith("shell")]  # one stream, one loop
+    assert len([s for s in adb_device.device.opened_services if s.startswith("shell")]) == 1
+    assert 8 <= len(samples) <= 25 and 0.09 <= sampler.interval_s() <= 0.3  # type: ignore[operator]
+    assert [t for t, _w in samples] == sorted(t for t, _w in samples) and samples[-1][0] <= time.monotonic()
+    assert {round(w, 6) for _t, w in samples} == {2.0, 4.0}
+    assert all(w == pytest.approx(2.0) for t, w in samples if t < stepped - 0.25)
+    assert all(w == pytest.approx(4.0) for t, w in samples if t > stepped + 0.25)
+    count = len(samples)
+    time.sleep(0.5)
+    assert len(sampler.samples) == count and adb_device.device.running_commands == 0  # the loop is gone
 
 
 def require_litert() -> None:
@@ -256,7 +312,9 @@ def test_battery_energy_is_integrated_over_the_measured_loop(adb_device: Connect
     # The loop's inferences fit in the window, and the window is not much more than them.
     busy = record["latency"]["mean"] * record["latency"]["n"]
     assert busy <= energy["window_s"] * 1.05 and energy["window_s"] <= busy + 1.5
-    assert energy["resolution"].startswith("sampled every ") and energy["resolution"].endswith(" ms over adb")
+    assert energy["resolution"].startswith("sampled every ")
+    assert energy["resolution"].endswith(" ms by a shell loop on the device, streamed over adb")
+    assert sum("/proc/uptime" in s for s in adb_device.device.opened_services) == 1  # one loop for the job
 
     # Power doubles to 4 W inside the next run's 3 s loop: the energy follows the samples.
     def step() -> None:
@@ -269,9 +327,12 @@ def test_battery_energy_is_integrated_over_the_measured_loop(adb_device: Connect
     stepper.start()
     # Pushed once: a second batch of the same model finds it by sha256 and does not push again.
     pushes = sum(s.startswith("sync:") for s in adb_device.device.opened_services)
-    (again,) = run_jobs(transport, [SMALL], TimingPolicy(warmup_runs=1, warmup_seconds=0.0, min_runs=5,
-                                                         min_seconds=3.0, max_seconds=3.5))
+    with adb_processes() as started:
+        (again,) = run_jobs(transport, [SMALL], TimingPolicy(warmup_runs=1, warmup_seconds=0.0, min_runs=5,
+                                                             min_seconds=3.0, max_seconds=3.5))
     stepper.join(timeout=5)
+    assert started == []  # every call went to the adb server's socket: no adb process
+    assert again["energy"]["samples"] >= 20  # ~10 a second from the one loop
     assert sum(s.startswith("sync:") for s in adb_device.device.opened_services) == pushes
     energy = again["energy"]
     assert again["status"] == "ok" and energy["status"] == "ok", energy

@@ -594,6 +594,12 @@ class LoopbackAdbDevice:
         with self._lock:
             return len(self._connections)
 
+    @property
+    def running_commands(self) -> int:
+        """Commands (shell, exec) still running on the device."""
+        with self._lock:
+            return sum(proc.poll() is None for proc in self._processes)
+
     def vanish(self) -> None:
         """The phone disappears: no more listening, every connection and command dropped."""
         self._vanished.set()

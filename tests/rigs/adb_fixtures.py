@@ -9,16 +9,20 @@ tests/conftest.py).
 * ``adb_device``: one authorized, connected device: ``.serial`` ("127.0.0.1:PORT"),
   ``.root`` (the sandbox directory), ``.set_prop(k, v)``, ``.write_sys(relpath, text)``,
   ``.vanish()``, ``.env`` (pass to ``AdbClient``) and ``.client()``.
+* ``adb_processes()``: the adb processes this test process starts inside a ``with`` block
+  (seen by an audit hook on every ``subprocess.Popen``).
 
-Without ``adb`` or ``bwrap`` the tests are skipped, or fail when ``CI`` is set.
+Without ``adb``, ``adbutils`` or ``bwrap`` the tests are skipped, or fail when ``CI`` is set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +53,33 @@ def require_sandbox() -> None:
     reason = sandbox_available()
     if reason is not None:
         _missing(reason)
+
+
+_WATCHED: list[list[list[str]]] = []  # the lists of the open adb_processes() blocks
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event != "subprocess.Popen" or not _WATCHED:
+        return
+    argv = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
+    argv = [os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in argv]
+    if argv and os.path.basename(argv[0]) == "adb":
+        for seen in _WATCHED:
+            seen.append(argv)
+
+
+sys.addaudithook(_audit)
+
+
+@contextlib.contextmanager
+def adb_processes() -> Iterator[list[list[str]]]:
+    """The argv of every adb process started (by this Python process) inside the block."""
+    seen: list[list[str]] = []
+    _WATCHED.append(seen)
+    try:
+        yield seen
+    finally:
+        _WATCHED.remove(seen)
 
 
 def free_port() -> int:
@@ -84,9 +115,17 @@ class AdbServer:
         return "absent"
 
 
+def require_adbutils() -> None:
+    try:
+        import adbutils  # noqa: F401
+    except ImportError:
+        _missing("adbutils (the android extra) is not installed: pip install 'convbench[android]'")
+
+
 @pytest.fixture(scope="session")
 def adb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdbServer]:
     adb = require_adb()
+    require_adbutils()
     home = tmp_path_factory.mktemp("adb_home")
     last_error = ""
     for _attempt in range(3):

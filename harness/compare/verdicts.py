@@ -1,4 +1,4 @@
-"""``harness compare``: a run against a baseline, with statistics, for regression gating.
+"""``harness compare``'s statistics: match two runs' measurements, judge each pair, gate on the result.
 
 Measurements are matched by workload, device fingerprint (the device name when a
 record has none), backend, threads and delegate, and by runtime version only when asked
@@ -11,13 +11,13 @@ than ``unchanged`` needs both: p < alpha *and* a change beyond the threshold.  W
 thousands of samples a Mann-Whitney test flags shifts far below anything that matters
 (and below the run-to-run drift of a shared machine); the threshold is the guard.
 
-Exit codes: 1 when anything regressed, 0 otherwise (2 for usage errors, from the CLI).
+Exit codes (the gate, ``Comparison.exit_code``): 1 when anything regressed, or when the comparison
+compared nothing, fewer measurements than it left unmatched, or skipped damaged records (unless
+``allow_unmatched``); 0 otherwise (2 for usage errors, from the CLI).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,6 @@ from harness.records import BUSY_CORES
 # See tests/test_compare.py for the A/A and injected-slowdown calibration.
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_ALPHA = 0.01
-BASELINE_FILE = "baseline.json"
 VERDICTS = ("regressed", "improved", "inconclusive", "unchanged")
 
 
@@ -313,155 +312,3 @@ def _median(values: list[float]) -> float:
     import numpy as np
 
     return float(np.median(values))
-
-
-# ---------------------------------------------------------------- baselines
-def baseline_file(results_dir: Path) -> Path:
-    return results_dir / BASELINE_FILE
-
-
-def set_baseline(run: Path, results_dir: Path) -> dict[str, Any]:
-    from harness.store import read_run, write_json_atomic
-
-    info, records = read_run(run)
-    if not any(r.get("status") == "ok" for r in records):
-        raise UserError(f"run {run.name} has no valid measurement; it cannot be a baseline")
-    entry = {"run_id": info.get("run_id", run.name), "path": str(run.resolve()),
-             "set_at": dt.datetime.now(dt.UTC).isoformat(), "status": info.get("status")}
-    write_json_atomic(baseline_file(results_dir), entry)
-    return entry
-
-
-def stored_baseline(results_dir: Path) -> Path | None:
-    path = baseline_file(results_dir)
-    if not path.is_file():
-        return None
-    entry = json.loads(path.read_text())
-    for candidate in (results_dir / str(entry.get("run_id")), Path(str(entry.get("path")))):
-        if (candidate / "run.json").is_file():
-            return candidate
-    raise UserError(f"{path}: the baseline run {entry.get('run_id')} no longer exists; "
-                    "set another with `harness baseline set RUN`")
-
-
-def _signature(path: Path) -> tuple[Any, frozenset]:
-    """(suite or workload set, requested device names) of one run.
-
-    Requested, not measured: a device that was down one night must not change which runs
-    count as comparable (its jobs show up as unmatched instead).
-    """
-    from harness.store import read_run
-
-    info, records = read_run(path)
-    suite = info.get("suite") or frozenset(info.get("workloads") or {r.get("workload_id") for r in records})
-    devices = frozenset(d.get("name") for d in info.get("devices") or []) or \
-        frozenset(r.get("device") for r in records)
-    return suite, devices
-
-
-def auto_baseline(current: Path, results_dir: Path) -> Path:
-    """The newest complete run before ``current`` with the same devices and suite."""
-    from harness.store import list_runs, read_run
-
-    suite, devices = _signature(current)
-    earlier = [p for p in list_runs(results_dir) if p.name < current.name and p.resolve() != current.resolve()]
-    for candidate in reversed(earlier):
-        info, _ = read_run(candidate)
-        if info.get("status") != "complete":
-            continue
-        if _signature(candidate) == (suite, devices):
-            return candidate
-    what = f"suite {suite}" if isinstance(suite, str) else f"the same {len(suite)} workloads"
-    raise UserError(f"no earlier complete run in {results_dir}/ with {what} on the same devices "
-                    f"({', '.join(sorted(map(str, devices))) or 'none'}); "
-                    "run it once more, or name a baseline (`harness baseline set RUN`)")
-
-
-def resolve_baseline(ref: str | None, current: Path, results_dir: Path) -> tuple[Path, str]:
-    """The baseline run for ``ref`` (auto, stored, a run reference; None: stored, else auto)."""
-    from harness.store import resolve_run
-
-    if ref is None:
-        stored = stored_baseline(results_dir)
-        if stored is not None and stored.resolve() != current.resolve():
-            return stored, f"set with `harness baseline set` ({baseline_file(results_dir)})"
-        return auto_baseline(current, results_dir), "auto: newest earlier run with the same devices and suite"
-    if ref == "auto":
-        return auto_baseline(current, results_dir), "auto: newest earlier run with the same devices and suite"
-    if ref == "stored":
-        stored = stored_baseline(results_dir)
-        if stored is None:
-            raise UserError(f"no baseline set in {results_dir}/; use `harness baseline set RUN` or --baseline auto")
-        return stored, "set with `harness baseline set`"
-    return resolve_run(ref, results_dir), "given"
-
-
-# ---------------------------------------------------------------- output
-def _pct(value: float) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 100:+.1f}%"
-
-
-def _p(value: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return "<1e-4" if value < 1e-4 else f"{value:.4f}"
-
-
-def row_cells(row: dict[str, Any]) -> list[str]:
-    ci = f"[{_pct(row['ci_low'] - 1)}, {_pct(row['ci_high'] - 1)}]" if not math.isnan(row["ci_low"]) else ""
-    return [row["workload_id"], row["where"], row["runtime"], f"{row['baseline_median_s'] * 1e3:.4g}",
-            f"{row['current_median_s'] * 1e3:.4g}", _pct(row["change"]), ci, _p(row["p_value"]), row["verdict"],
-            row.get("note") or ""]
-
-
-COLUMNS = ["workload", "device/backend/threads", "runtime", "baseline ms", "current ms", "change", "95% CI",
-           "p (MWU)", "verdict", "note"]
-
-
-def headline(result: Comparison) -> str:
-    counts = {v: result.count(v) for v in VERDICTS}
-    text = (f"{counts['regressed']} regressed, {counts['improved']} improved, {counts['unchanged']} unchanged"
-            + (f", {counts['inconclusive']} inconclusive" if counts["inconclusive"] else "")
-            + f", {len(result.unmatched)} unmatched")
-    return text
-
-
-def criteria(result: Comparison) -> str:
-    options = result.options
-    runtime = "runtime version must match" if options.same_runtime else "runtime version not required"
-    busy = "" if options.allow_busy else (
-        f"; measured while other processes used more than {BUSY_CORES:g} cores: inconclusive")
-    return (f"matched on {', '.join(result.matched_on)} ({runtime}); a verdict needs Mann-Whitney p < "
-            f"{options.alpha:g} and a change of the median beyond {options.threshold:.0%}{busy}")
-
-
-def _order(row: dict[str, Any]) -> tuple:
-    return (VERDICTS.index(row["verdict"]), -abs(row["change"]), row["workload_id"], row["where"])
-
-
-def markdown(result: Comparison) -> str:
-    from harness.report.markdown import table_markdown
-
-    icon = ":x:" if result.exit_code else ":white_check_mark:"
-    lines = [f"### {icon} convbench: {headline(result)}", "",
-             f"Baseline `{result.baseline['run_id']}` ({result.baseline.get('chosen') or 'given'}) vs current "
-             f"`{result.current['run_id']}`; {criteria(result)}.", ""]
-    lines += [f"> :warning: {warning}" for warning in result.warnings()] + ([""] if result.warnings() else [])
-    rows = sorted(result.rows, key=_order)
-    changed = [r for r in rows if r["verdict"] != "unchanged"]
-    rest = [r for r in rows if r["verdict"] == "unchanged"]
-    if changed:
-        lines += [table_markdown(COLUMNS, [row_cells(r) for r in changed]), ""]
-    if rest:
-        lines += [f"<details><summary>{len(rest)} unchanged</summary>", "",
-                  table_markdown(COLUMNS, [row_cells(r) for r in rest]), "", "</details>", ""]
-    if result.unmatched:
-        lines += [f"<details><summary>{len(result.unmatched)} unmatched measurements</summary>", "",
-                  table_markdown(["workload", "device/backend/threads", "only in", "reason"],
-                                 [[u["workload_id"], u["where"], u["only_in"], u["reason"]]
-                                  for u in result.unmatched]), "", "</details>", ""]
-    return "\n".join(lines)
-
-
-def to_json(result: Comparison) -> str:
-    return json.dumps(result.to_dict(), indent=2, default=str)

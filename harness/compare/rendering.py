@@ -1,0 +1,81 @@
+"""A comparison as text: terminal table cells, Markdown (a CI comment) and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from harness.compare.verdicts import VERDICTS, Comparison
+from harness.records import BUSY_CORES
+
+
+def _pct(value: float) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 100:+.1f}%"
+
+
+def _p(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return "<1e-4" if value < 1e-4 else f"{value:.4f}"
+
+
+def row_cells(row: dict[str, Any]) -> list[str]:
+    ci = f"[{_pct(row['ci_low'] - 1)}, {_pct(row['ci_high'] - 1)}]" if not math.isnan(row["ci_low"]) else ""
+    return [row["workload_id"], row["where"], row["runtime"], f"{row['baseline_median_s'] * 1e3:.4g}",
+            f"{row['current_median_s'] * 1e3:.4g}", _pct(row["change"]), ci, _p(row["p_value"]), row["verdict"],
+            row.get("note") or ""]
+
+
+COLUMNS = ["workload", "device/backend/threads", "runtime", "baseline ms", "current ms", "change", "95% CI",
+           "p (MWU)", "verdict", "note"]
+
+
+def headline(result: Comparison) -> str:
+    counts = {v: result.count(v) for v in VERDICTS}
+    text = (f"{counts['regressed']} regressed, {counts['improved']} improved, {counts['unchanged']} unchanged"
+            + (f", {counts['inconclusive']} inconclusive" if counts["inconclusive"] else "")
+            + f", {len(result.unmatched)} unmatched")
+    return text
+
+
+def criteria(result: Comparison) -> str:
+    options = result.options
+    runtime = "runtime version must match" if options.same_runtime else "runtime version not required"
+    busy = "" if options.allow_busy else (
+        f"; measured while other processes used more than {BUSY_CORES:g} cores: inconclusive")
+    return (f"matched on {', '.join(result.matched_on)} ({runtime}); a verdict needs Mann-Whitney p < "
+            f"{options.alpha:g} and a change of the median beyond {options.threshold:.0%}{busy}")
+
+
+def row_order(row: dict[str, Any]) -> tuple:
+    """Regressions first, then improvements, inconclusive, unchanged; the largest changes first."""
+    return (VERDICTS.index(row["verdict"]), -abs(row["change"]), row["workload_id"], row["where"])
+
+
+def markdown(result: Comparison) -> str:
+    from harness.report.markdown import table_markdown
+
+    icon = ":x:" if result.exit_code else ":white_check_mark:"
+    lines = [f"### {icon} convbench: {headline(result)}", "",
+             f"Baseline `{result.baseline['run_id']}` ({result.baseline.get('chosen') or 'given'}) vs current "
+             f"`{result.current['run_id']}`; {criteria(result)}.", ""]
+    lines += [f"> :warning: {warning}" for warning in result.warnings()] + ([""] if result.warnings() else [])
+    rows = sorted(result.rows, key=row_order)
+    changed = [r for r in rows if r["verdict"] != "unchanged"]
+    rest = [r for r in rows if r["verdict"] == "unchanged"]
+    if changed:
+        lines += [table_markdown(COLUMNS, [row_cells(r) for r in changed]), ""]
+    if rest:
+        lines += [f"<details><summary>{len(rest)} unchanged</summary>", "",
+                  table_markdown(COLUMNS, [row_cells(r) for r in rest]), "", "</details>", ""]
+    if result.unmatched:
+        lines += [f"<details><summary>{len(result.unmatched)} unmatched measurements</summary>", "",
+                  table_markdown(["workload", "device/backend/threads", "only in", "reason"],
+                                 [[u["workload_id"], u["where"], u["only_in"], u["reason"]]
+                                  for u in result.unmatched]), "", "</details>", ""]
+    return "\n".join(lines)
+
+
+def to_json(result: Comparison) -> str:
+    return json.dumps(result.to_dict(), indent=2, default=str)
