@@ -89,7 +89,7 @@ class LocalTransport(Transport):
             for index, job in enumerate(jobs):
                 artifact = artifacts[job.workload_id]
                 out = outputs / f"item{index}.out.npy"
-                items.append(PlanItem(job, str(artifact.path), str(artifact.input_path), str(out), out))
+                items.append(PlanItem(job, artifact, str(artifact.path), str(artifact.input_path), str(out), out))
             session = RunnerSession(self.name, items, on_result)
             while session.remaining() and not self._aborted.is_set():
                 self._run_once(session, session.remaining(), jobs[0].backend, jobs[0].threads, policy, workdir)

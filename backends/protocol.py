@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.base import Job, ResultCallback, TimingPolicy
-from harness.records import ErrorKind, error_record, raw_record
+from backends.base import Artifact, Job, ResultCallback, TimingPolicy
+from harness.records import ErrorKind, check_output, error_record, raw_record
 from harness.registry import BACKENDS
 
 
 @dataclass
 class PlanItem:
     job: Job
+    artifact: Artifact  # its reference output checks the runtime's output
     model: str  # paths as the runner sees them (local or remote)
     input: str
     output: str
@@ -83,11 +84,13 @@ class RunnerSession:
         record["runtime_version"] = self.hello.get("runtime_version")
         record["device_fingerprint"] = self.hello.get("fingerprint")
         if not doc.get("error"):
+            # Checked here, while the output file exists: records leave the transport checked.
             try:
                 self.fetch_output(item)
-                record["output_path"] = str(item.local_output)
+                record["output_check"] = check_output(item.local_output, item.artifact)
             except Exception as exc:  # the measurement stands; only the check is lost
-                record["output_fetch_error"] = f"{type(exc).__name__}: {exc}"
+                record["output_check"] = {"status": "not_checked",
+                                          "reason": f"cannot fetch the output: {type(exc).__name__}: {exc}"}
         self.done.add(item.job.job_id)
         self.on_result(record)
 

@@ -110,7 +110,8 @@ class SshTransport(Transport):
             for index, job in enumerate(jobs):
                 model, data = self._push_artifact(conn, artifacts[job.workload_id])
                 remote_out = posixpath.join(self._run_dir, f"item{index}.out.npy")
-                items.append(PlanItem(job, model, data, remote_out, self._local / f"item{index}.out.npy"))
+                items.append(PlanItem(job, artifacts[job.workload_id], model, data, remote_out,
+                                      self._local / f"item{index}.out.npy"))
 
             def fetch(item: PlanItem) -> None:
                 conn.get(item.output, item.local_output)

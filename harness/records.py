@@ -232,8 +232,13 @@ def check_output(output_path: Path, artifact: Artifact) -> dict[str, Any]:
             "max_abs_diff": max_abs, "scale": scale, "tolerance": tolerance}
 
 
-def finalize(raw: dict[str, Any], artifact: Artifact | None) -> dict[str, Any]:
-    """The one place a transport's result becomes a checked Measurement (returned as its stored dict)."""
+def finalize(raw: dict[str, Any]) -> dict[str, Any]:
+    """The one place a transport's result becomes a Measurement (returned as its stored dict).
+
+    Transports check the runtime's output against the reference themselves, while the output
+    exists (``backends.protocol.RunnerSession``); here the record gains the workload's cost,
+    the latency summary, the busy-machine flag and its final status.
+    """
     record = dict(raw)
     try:
         record["workload"] = workload_row(record["workload_id"])
@@ -242,7 +247,6 @@ def finalize(raw: dict[str, Any], artifact: Artifact | None) -> dict[str, Any]:
     record["device_fingerprint"] = dict(record.get("device_fingerprint") or {})
     if record["device_fingerprint"]:
         record["device_fingerprint"]["id"] = fingerprint_id(record["device_fingerprint"])
-    output_path = record.pop("output_path", None)
     record.pop("delegate", None)
     m = Measurement.from_dict({**record, "status": record.get("status") or STATUS_OK})
     others = m.extra.get("other_cpu_cores")
@@ -257,11 +261,8 @@ def finalize(raw: dict[str, Any], artifact: Artifact | None) -> dict[str, Any]:
     if m.latency is None:
         m.status, m.error, m.error_kind = STATUS_ERROR, "no latency samples were returned", ErrorKind.NO_SAMPLES
         return m.to_dict()
-    if output_path and artifact is not None:
-        m.output_check = OutputCheck(**check_output(Path(output_path), artifact))
-    elif m.output_check is None:
-        m.output_check = OutputCheck("not_checked", reason=m.extra.get("output_fetch_error")
-                                     or "the runtime returned no output")
+    if m.output_check is None:
+        m.output_check = OutputCheck("not_checked", reason="the runtime returned no output")
     problems = list(m.problems)
     if m.output_check.status == "mismatch":
         problems.append("output differs from the PyTorch reference")

@@ -224,12 +224,12 @@ def execute(request: RunRequest, on_event: Callable[[Event], None] = lambda even
                 for job in jobs:
                     failure = failures.get((job.workload_id, BACKENDS[job.backend].format))
                     if failure:
-                        store(finalize(error_record(job, None, failure, ErrorKind.EXPORT), None))
+                        store(finalize(error_record(job, None, failure, ErrorKind.EXPORT)))
                 on_event(MeasuringStarted({d.name: sum(1 for j in jobs if j.device == d.name) for d in devices},
                                           len(records)))
 
                 def on_record(job: Job, raw: dict[str, Any]) -> None:
-                    record = finalize(raw, artifact_of.get(job.job_id))
+                    record = finalize(raw)
                     with lock:
                         if not store(record):
                             raise StopDispatch(writer.disk_full or "results are not being stored")

@@ -333,7 +333,7 @@ def _local_records(backend: str, workload_ids: list[str], policy: TimingPolicy, 
     jobs = [Job(f"selftest/{backend}/{i}/{w}", w, "local", backend, 1) for i, w in enumerate(workload_ids)]
     records: list[dict[str, Any]] = []
     LocalTransport(**transport).run_batch(jobs, artifacts, policy,
-                                          lambda r: records.append(finalize(r, artifacts[r["workload_id"]])))
+                                          lambda r: records.append(finalize(r)))
     for record in records:
         if record["status"] != "ok":
             raise RuntimeError(f"{record['job_id']}: {record.get('error') or record.get('problems')}")

@@ -216,7 +216,7 @@ def run_jobs(transport: AndroidTransport, workloads: list[str], policy: TimingPo
     artifacts = artifacts or {w: tflite(w) for w in workloads}
     jobs = [Job(f"phone/tflite-{delegate}/t1/{w}", w, "phone", "tflite", 1, delegate) for w in workloads]
     records: list[dict] = []
-    transport.run_batch(jobs, artifacts, policy, lambda r: records.append(finalize(r, artifacts.get(r["workload_id"]))))
+    transport.run_batch(jobs, artifacts, policy, lambda r: records.append(finalize(r)))
     return records
 
 

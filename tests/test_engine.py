@@ -36,7 +36,7 @@ def run_local(backend, workloads, policy=FAST, **transport_args):
     records = []
     # Finalize inside the callback: a record's output file lives only until it returns.
     LocalTransport(**transport_args).run_batch(
-        jobs, artifacts, policy, lambda r: records.append(finalize(r, artifacts.get(r["workload_id"]))))
+        jobs, artifacts, policy, lambda r: records.append(finalize(r)))
     return records
 
 
@@ -105,7 +105,7 @@ def test_broken_artifact_fails_its_job_only(tmp_path):
     jobs = [Job(f"j/{w}", w, "local", "onnxruntime", 1) for w in (SMALL_STD, SMALL)]
     by_id = {}
     LocalTransport().run_batch(jobs, artifacts, FAST,
-                               lambda r: by_id.update({r["workload_id"]: finalize(r, artifacts[r["workload_id"]])}))
+                               lambda r: by_id.update({r["workload_id"]: finalize(r)}))
     assert by_id[SMALL_STD]["status"] == STATUS_ERROR and by_id[SMALL_STD]["error"]
     assert by_id[SMALL]["status"] == "ok"
 

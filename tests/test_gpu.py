@@ -19,7 +19,7 @@ def _run(backend, fmt):
     artifact = get_artifact(WORKLOAD, fmt)[0]
     records = []
     LocalTransport().run_batch([Job("gpu", WORKLOAD, "local", backend, 1)], {WORKLOAD: artifact}, POLICY,
-                               lambda r: records.append(finalize(r, artifact)))
+                               lambda r: records.append(finalize(r)))
     return records[0]
 
 

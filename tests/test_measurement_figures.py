@@ -35,7 +35,7 @@ def measure_batch(backend: str, workloads: list[str], policy: TimingPolicy, opti
     jobs = [Job(f"t/{i}/{w}", w, "local", backend, 1, options=options or {}) for i, w in enumerate(workloads)]
     records: list[dict] = []
     LocalTransport(**transport).run_batch(
-        jobs, artifacts, policy, lambda r: records.append(finalize(r, artifacts[r["workload_id"]])))
+        jobs, artifacts, policy, lambda r: records.append(finalize(r)))
     assert [r["status"] for r in records] == ["ok"] * len(jobs), [r.get("error") for r in records]
     return records
 
