@@ -57,8 +57,8 @@ def _batches(jobs: list[Job]) -> list[list[Job]]:
     return list(groups.values())
 
 
-def _run_device(work: DeviceWork, artifacts: Mapping[str, Mapping[str, Artifact]], policy: TimingPolicy,
-                on_record: RecordCallback, on_state: StateCallback, stop: threading.Event) -> None:
+def run_device(work: DeviceWork, artifacts: Mapping[str, Mapping[str, Artifact]], policy: TimingPolicy,
+               on_record: RecordCallback, on_state: StateCallback, stop: threading.Event) -> None:
     device = work.device
     jobs_by_id = {job.job_id: job for job in work.jobs}
 
@@ -140,7 +140,7 @@ def dispatch(work: list[DeviceWork], artifacts: Mapping[str, Mapping[str, Artifa
 
     def run(item: DeviceWork, done: threading.Event) -> None:
         try:
-            _run_device(item, artifacts, policy, on_record, on_state, stop)
+            run_device(item, artifacts, policy, on_record, on_state, stop)
         finally:
             done.set()
 

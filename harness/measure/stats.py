@@ -72,9 +72,12 @@ def bootstrap_ratio_ci(
 ) -> tuple[float, float, float]:
     """statistic(numerator) / statistic(denominator) with a percentile bootstrap CI.
 
-    The two samples are resampled independently (they come from separate runs).
-    Returns (point estimate, low, high).  Deterministic for a given seed.
+    ``scipy.stats.bootstrap`` with the two samples resampled independently (they come from
+    separate runs; ``paired=False``).  ``statistic`` reduces the last axis (default: the
+    median).  Returns (point estimate, low, high).  Deterministic for a given seed.
     """
+    from scipy.stats import bootstrap
+
     a = np.asarray(numerator, dtype=float)
     b = np.asarray(denominator, dtype=float)
     if a.size == 0 or b.size == 0:
@@ -84,21 +87,23 @@ def bootstrap_ratio_ci(
         return np.median(x, axis=-1) if statistic is None else statistic(x)
 
     point = float(stat(a[None, :])[0] / stat(b[None, :])[0])
-    rng = np.random.default_rng(seed)
-    # Resample in chunks so memory stays bounded for large sample counts.
-    ratios = []
-    chunk = max(1, min(n_boot, 2_000_000 // max(a.size, b.size)))
-    done = 0
-    while done < n_boot:
-        size = min(chunk, n_boot - done)
-        ra = a[rng.integers(0, a.size, (size, a.size))]
-        rb = b[rng.integers(0, b.size, (size, b.size))]
-        ratios.append(stat(ra) / stat(rb))
-        done += size
-    all_ratios = np.concatenate(ratios)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(all_ratios, [alpha, 1 - alpha])
-    return point, float(lo), float(hi)
+    # scipy resamples only samples of two or more values; one value resamples to itself: a constant.
+    resampled = [x for x in (a, b) if x.size > 1]
+    if not resampled:
+        return point, point, point
+
+    def ratio(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        drawn = iter(np.moveaxis(x, axis, -1) for x in samples)
+        num = next(drawn) if a.size > 1 else a[None, :]
+        den = next(drawn) if b.size > 1 else b[None, :]
+        return stat(num) / stat(den)
+
+    # Batches keep memory bounded for large sample counts.
+    batch = max(1, min(n_boot, 2_000_000 // max(a.size, b.size)))
+    result = bootstrap(resampled, ratio, n_resamples=n_boot, batch=batch, vectorized=True, paired=False,
+                       confidence_level=confidence, method="percentile",
+                       random_state=np.random.default_rng(seed))
+    return point, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:
