@@ -13,11 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import Artifact, Job, TimingPolicy, error_record
+from backends.base import Artifact, Job, TimingPolicy
 from harness.cluster.common import RESOURCE_PREFIX, ClusterError, require_distributed, resource_name
 from harness.cluster.security import check_address
 from harness.cluster.shipping import artifact_payload, cached_keys, describe_artifact
 from harness.cluster.task import run_device_task
+from harness.records import ErrorKind, error_record
 
 CONNECT_TIMEOUT_S = 30.0
 POLL_S = 0.5  # queue poll; also how often worker liveness is checked
@@ -109,7 +110,7 @@ class _Controller:
         self.on_state(task.work.device.name, state)
         for job in task.work.jobs:
             if job.job_id not in task.work.done:
-                self.emit(task, job.job_id, error_record(job, task.work.device.transport, reason),
+                self.emit(task, job.job_id, error_record(job, task.work.device.transport, reason, ErrorKind.DEVICE),
                           task.worker or task.owner)
 
     def close(self, task: _DeviceTask, state: str) -> None:

@@ -12,12 +12,12 @@ import json
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from backends.base import Artifact, Job, TimingPolicy, error_record
+from backends.base import Artifact, Job, TimingPolicy
 from harness.cluster.common import DEVICES_PLUGIN
 from harness.cluster.shipping import ArtifactUnavailable, materialize
+from harness.records import ErrorKind, error_record
 
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
 _DEVICE_LOCKS_GUARD = threading.Lock()
@@ -40,7 +40,6 @@ def run_device_task(device: Any, jobs: list[Job], plan: dict[str, dict[str, str]
     from distributed.worker import thread_state
 
     from harness.dispatch import DeviceWork, run_device
-    from harness.records import check_output
 
     worker = get_worker()
     address = worker.address
@@ -76,20 +75,13 @@ def run_device_task(device: Any, jobs: list[Job], plan: dict[str, dict[str, str]
     for job in jobs:
         art_key = plan.get(job.backend, {}).get(job.workload_id)
         if art_key in unavailable:
-            record = error_record(job, device.transport, f"on worker {address}: {unavailable[art_key]}")
+            record = error_record(job, device.transport, f"on worker {address}: {unavailable[art_key]}",
+                                  ErrorKind.ARTIFACT)
             send({"kind": "record", "job_id": job.job_id, "record": record})
         else:
             runnable.append(job)
 
-    def on_record(job: Job, raw: dict[str, Any]) -> None:
-        raw = dict(raw)
-        output = raw.pop("output_path", None)  # exists only until this callback returns
-        artifact = artifacts.get(job.backend, {}).get(job.workload_id)
-        if output and artifact is not None and not raw.get("error"):
-            try:
-                raw["output_check"] = check_output(Path(output), artifact)
-            except Exception as exc:  # a broken reference must not lose the measurement
-                raw["output_check"] = {"status": "not_checked", "reason": f"on worker {address}: {exc}"}
+    def on_record(job: Job, raw: dict[str, Any]) -> None:  # checked by the transport already
         send({"kind": "record", "job_id": job.job_id, "record": _jsonable(raw)})
 
     def on_state(_device: str, state: str) -> None:
