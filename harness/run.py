@@ -45,7 +45,7 @@ def provenance(devices: list[Device], workload_ids: list[str], policy: TimingPol
 
     versions = {}
     for dist in ("torch", "onnxruntime", "onnx", "onnxscript", "ai-edge-litert", "litert-torch", "numpy",
-                 "paramiko"):
+                 "paramiko", "adbutils"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -169,15 +169,17 @@ class RunWriter:
 
 
 def list_runs(results_dir: Path | None = None) -> list[Path]:
-    """Readable run directories, oldest first (run ids start with a UTC timestamp).
+    """Readable run directories, oldest first.
 
+    Run ids start with a UTC timestamp to the second; runs started within the same second
+    are ordered by their run.json's ``started_at``, not by the random suffix of their ids.
     A run whose run.json cannot be read, and a run directory without one, are left out
     with a one-line warning, so one damaged run does not break commands about the others.
     """
     root = results_dir or default_results_dir()
     if not root.is_dir():
         return []
-    runs = []
+    runs: list[tuple[str, str, Path]] = []
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
         if not (path / RUN_FILE).is_file():
             measurements = path / MEASUREMENTS_FILE
@@ -187,12 +189,12 @@ def list_runs(results_dir: Path | None = None) -> list[Path]:
                      "not used without the run's provenance)")
             continue
         try:
-            read_info(path)
+            info = read_info(path)
         except DamagedRun as exc:
             warn(f"{exc}; run skipped")
             continue
-        runs.append(path)
-    return runs
+        runs.append((path.name.split("-")[0], str(info.get("started_at") or ""), path))
+    return [path for *_, path in sorted(runs)]
 
 
 def _count_lines(path: Path) -> int:

@@ -101,9 +101,9 @@ class Proc:
             self.kill()
 
 
-def start_scheduler(workdir: Path, *tls: str) -> tuple[Proc, str]:
+def start_scheduler(workdir: Path, *tls: str, host: str = "127.0.0.1") -> tuple[Proc, str]:
     scheduler_file = workdir / "scheduler.json"
-    proc = Proc("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+    proc = Proc("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", host,
                               "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file), *tls],
                 workdir / "scheduler.log").start()
     deadline = time.monotonic() + 60

@@ -178,7 +178,7 @@ def test_runs_into_one_store_reuse_each_jobs_block_size(tmp_path):
     from click.testing import CliRunner
 
     from harness.cli import main
-    from harness.store import read_run
+    from harness.store import list_runs, read_run
 
     args = ["run", "--workloads", TINY, "--backends", "onnxruntime", "--min-time", "0.05", "--max-time", "0.2",
             "--out", str(tmp_path)]
@@ -188,8 +188,7 @@ def test_runs_into_one_store_reuse_each_jobs_block_size(tmp_path):
     assert list(stored) == [f"local|onnxruntime|t1|{TINY}"]
     second = CliRunner().invoke(main, args)
     assert second.exit_code == 0, second.output
-    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
-    (rec1,), (rec2,) = (read_run(run)[1] for run in runs)
+    (rec1,), (rec2,) = (read_run(run)[1] for run in list_runs(tmp_path))  # oldest first
     assert rec1["block_size_source"] == "chosen from the warm-up"
     assert rec2["block_size_source"] == "fixed by the plan"
     assert rec1["block_size"] == rec2["block_size"] == stored[f"local|onnxruntime|t1|{TINY}"]
@@ -223,3 +222,12 @@ def test_selftest_checks_energy_against_a_constant_power_sensor():
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("energy ")]
     assert len(lines) == 2 and all("uJ/inference" in line and "ratio" in line for line in lines)
+
+
+def test_runs_started_in_the_same_second_list_in_start_order(tmp_path):
+    from harness.store import RunWriter, list_runs
+
+    ids = ["20260101T000000Z-ffffff", "20260101T000000Z-000000"]  # one second; suffixes sort against start order
+    for run_id in ids:
+        RunWriter(tmp_path, {}, run_id=run_id).finish("complete")
+    assert [p.name for p in list_runs(tmp_path)] == ids

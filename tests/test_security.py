@@ -335,20 +335,9 @@ def start_worker(workdir: Path, scheduler: str, *extra: str):  # -> tests.test_c
 
 
 def start_scheduler_on(workdir: Path, host: str):  # -> (Proc, address)
-    from tests.test_cluster import Proc
+    from tests.test_cluster import start_scheduler
 
-    scheduler_file = workdir / "scheduler.json"
-    proc = Proc("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", host, "--port", "0",
-                              "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-                workdir / "scheduler.log").start()
-    deadline = time.monotonic() + 60
-    while not scheduler_file.exists() and time.monotonic() < deadline and proc.popen.poll() is None:
-        time.sleep(0.1)
-    if not scheduler_file.exists():
-        proc.stop()
-        pytest.fail(f"the Dask scheduler did not start:\n{proc.text()[-3000:]}", pytrace=False)
-    time.sleep(0.2)
-    return proc, json.loads(scheduler_file.read_text())["address"]
+    return start_scheduler(workdir, host=host)
 
 
 def lan_address() -> str | None:
