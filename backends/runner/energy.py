@@ -12,26 +12,35 @@ class EnergyUnavailable(Exception):
     pass
 
 
-class CounterSensor:
-    """A cumulative energy counter (RAPL, hwmon energy*_input, NVML)."""
+class MultiCounterSensor:
+    """Cumulative energy counters (one per RAPL package), each wrapping on its own range."""
 
     kind = "counter"
 
-    def __init__(self, name, resolution, read_joules, max_joules=None):
+    def __init__(self, name, resolution, counters):
         self.name, self.resolution = name, resolution
-        self._read, self._max = read_joules, max_joules
+        self._counters = counters  # [(label, read_joules, max_joules or None)]
 
     def start(self):
-        self._start = self._read()
+        self._start = [read() for _, read, _ in self._counters]
 
     def stop(self):
-        end = self._read()
-        delta = end - self._start
-        if delta < 0:  # the counter wrapped around
-            if self._max is None:
-                raise EnergyUnavailable("%s counter went backwards" % self.name)
-            delta += self._max
-        return delta
+        total = 0.0
+        for (label, read, max_joules), start in zip(self._counters, self._start):
+            delta = read() - start
+            if delta < 0:  # this counter wrapped around
+                if not max_joules:
+                    raise EnergyUnavailable("%s counter went backwards" % label)
+                delta += max_joules
+            total += delta
+        return total
+
+
+class CounterSensor(MultiCounterSensor):
+    """One cumulative energy counter (hwmon energy*_input, NVML)."""
+
+    def __init__(self, name, resolution, read_joules, max_joules=None):
+        super().__init__(name, resolution, [(name, read_joules, max_joules)])
 
 
 class SampledSensor:
@@ -115,30 +124,6 @@ def power_supply_units(current_raw, voltage_raw):
 
 def power_supply_watts(current_raw, voltage_raw):
     return power_supply_units(current_raw, voltage_raw)[2]
-
-
-class MultiCounterSensor:
-    """Several cumulative counters (one per RAPL package), each wrapping on its own range."""
-
-    kind = "counter"
-
-    def __init__(self, name, resolution, counters):
-        self.name, self.resolution = name, resolution
-        self._counters = counters  # [(label, read_joules, max_joules or None)]
-
-    def start(self):
-        self._start = [read() for _, read, _ in self._counters]
-
-    def stop(self):
-        total = 0.0
-        for (label, read, max_joules), start in zip(self._counters, self._start):
-            delta = read() - start
-            if delta < 0:  # this package's counter wrapped around
-                if not max_joules:
-                    raise EnergyUnavailable("%s counter went backwards" % label)
-                delta += max_joules
-            total += delta
-        return total
 
 
 def _rapl_sensor(sysfs_root):
