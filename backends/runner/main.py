@@ -31,8 +31,6 @@ from .runtimes import RUNTIMES
 from .state import BusyMeter, system_state
 from .timing import measure
 
-_ENTRY = ["-m", "backends.runner"]
-
 
 def _emit(doc):
     sys.stdout.write(json.dumps(doc) + "\n")
@@ -84,8 +82,12 @@ def _energy(sensor_spec, sysfs_root, policy, timing_fn):
     return timing, energy
 
 
-def measure_item(runtime, item, plan, isolation="shared process"):
-    """Load one item's model, measure it, save its output; never raises."""
+def measure_item(runtime, item, plan):
+    """Load one item's model, measure it, save its output; never raises.
+
+    Called in the fresh process that ``--item`` starts, with the runtime imported and no
+    model loaded yet: the RSS at that moment is the runtime's own baseline.
+    """
     import numpy as np
 
     sysfs_root = plan.get("sysfs_root", "/sys")
@@ -118,7 +120,7 @@ def measure_item(runtime, item, plan, isolation="shared process"):
             "baseline_rss_bytes": baseline,
             "rss_increase_bytes": max(0, peak - baseline) if (peak_reset and baseline is not None) else None,
             "peak_is_per_item": peak_reset,
-            "isolation": isolation,
+            "isolation": "fresh process",
             "gpu_peak_bytes": runtime.gpu_peak_bytes(),
         }
         if item.get("output"):
@@ -130,7 +132,7 @@ def measure_item(runtime, item, plan, isolation="shared process"):
     return result
 
 
-def _run_item_in_fresh_process(item, plan):
+def _run_item_in_fresh_process(entry, item, plan):
     """measure_item in a new process of this runner: its peak RSS is its own model's.
 
     A process reused across items keeps earlier models' memory resident (allocators rarely
@@ -141,7 +143,7 @@ def _run_item_in_fresh_process(item, plan):
     import subprocess
 
     child_plan = dict(plan, items=[item])
-    proc = subprocess.Popen([sys.executable, *_ENTRY, "--item"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, *entry, "--item"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, universal_newlines=True)
     out, _ = proc.communicate(json.dumps(child_plan))
     for line in reversed(out.splitlines()):
@@ -159,12 +161,6 @@ def _run_item_in_fresh_process(item, plan):
     return {"type": "result", "job_id": item["job_id"], "error": why, "error_kind": "runner_crashed"}
 
 
-def run_item(runtime, item, plan):
-    if plan.get("isolate_items", True):
-        return _run_item_in_fresh_process(item, plan)
-    return measure_item(runtime, item, plan)
-
-
 def _item_main():
     """``runner.py --item``: one item of a plan read from stdin, in this fresh process."""
     plan = json.load(sys.stdin)
@@ -174,7 +170,7 @@ def _item_main():
     except Exception as exc:
         _emit({"type": "result", "job_id": item["job_id"], "error": "%s: %s" % (type(exc).__name__, exc)})
         return 3
-    _emit(measure_item(runtime, item, plan, isolation="fresh process"))
+    _emit(measure_item(runtime, item, plan))
     return 0
 
 
@@ -198,8 +194,6 @@ def check(options):
 
 
 def main(argv):
-    # What a fresh process per item runs: this runner.pyz, or the package in a source checkout.
-    _ENTRY[:] = ["-m", "backends.runner"] if argv[0].endswith("__main__.py") else [os.path.abspath(argv[0])]
     if len(argv) == 2 and argv[1] == "--item":
         return _item_main()
     if len(argv) == 3 and argv[1] == "--check":
@@ -222,10 +216,8 @@ def main(argv):
         _emit(hello)
         return 3
     _emit(hello)
+    # What a fresh process per item runs: this runner.pyz, or the package in a source checkout.
+    entry = ["-m", "backends.runner"] if argv[0].endswith("__main__.py") else [os.path.abspath(argv[0])]
     for item in plan["items"]:
-        _emit(run_item(runtime, item, plan))
+        _emit(_run_item_in_fresh_process(entry, item, plan))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
