@@ -110,14 +110,20 @@ class Energy:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _split(cls: type, data: dict[str, Any] | None) -> Any:
-    """A nested type from a dict: known fields typed, the rest kept in ``extra``."""
-    if data is None:
-        return None
+def _partition(cls: type, data: dict[str, Any], derived: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """(the dataclass's own fields, everything else) of a stored dict; ``derived`` keys are dropped."""
     names = {f.name for f in fields(cls)} - {"extra"}
     known = {k: v for k, v in data.items() if k in names}
-    rest = {k: v for k, v in data.items() if k not in names and k != "extra"}
+    rest = {k: v for k, v in data.items() if k not in names and k != "extra" and k not in derived}
     rest.update(data.get("extra") or {})
+    return known, rest
+
+
+def _split(cls: type, data: dict[str, Any] | None) -> Any:
+    """A nested type from a dict: known fields typed, the rest kept in ``extra`` where it has one."""
+    if data is None:
+        return None
+    known, rest = _partition(cls, data)
     return cls(**known, extra=rest) if "extra" in {f.name for f in fields(cls)} else cls(**known)
 
 
@@ -167,9 +173,7 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
-        names = {f.name for f in fields(cls)}
-        known = {k: v for k, v in data.items() if k in names and k != "extra"}
-        extra = {k: v for k, v in data.items() if k not in names and k != "delegate"}
+        known, extra = _partition(cls, data, derived=("delegate",))
         known["latency"] = _split(Latency, known.get("latency"))
         known["memory"] = _split(Memory, known.get("memory"))
         known["energy"] = _split(Energy, known.get("energy"))
