@@ -218,7 +218,7 @@ def _subprocess_json(args: list[str]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- host side
 def _convbench_median(backend: str, workload_id: str, policy: TimingPolicy) -> dict[str, Any]:
-    (record,) = _local_records(backend, [workload_id], policy)
+    (record,) = measure_locally(backend, [workload_id], policy)
     return {"median_s": record["latency"]["median"], "n": record["latency"]["n"],
             "ci_rel_width": record["latency"]["ci_rel_width"], "stop_reason": record.get("stop_reason")}
 
@@ -322,15 +322,19 @@ def block_timing(rounds: int, log: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _local_records(backend: str, workload_ids: list[str], policy: TimingPolicy, **transport: Any) \
-        -> list[dict[str, Any]]:
-    """Jobs of one batch, measured by the local transport exactly as ``harness run`` does."""
+def measure_locally(backend: str, workload_ids: list[str], policy: TimingPolicy,
+                    options: dict[str, Any] | None = None, **transport: Any) -> list[dict[str, Any]]:
+    """Jobs of one batch, measured by the local transport exactly as ``harness run`` does.
+
+    ``options`` go to every job (e.g. a fixed ``block_size``); any record not ``ok`` raises.
+    """
     from backends.local import LocalTransport
     from harness.artifacts import artifact_for
     from harness.records import finalize
 
     artifacts = {w: artifact_for(w, backend) for w in workload_ids}
-    jobs = [Job(f"selftest/{backend}/{i}/{w}", w, "local", backend, 1) for i, w in enumerate(workload_ids)]
+    jobs = [Job(f"selftest/{backend}/{i}/{w}", w, "local", backend, 1, options=options or {})
+            for i, w in enumerate(workload_ids)]
     records: list[dict[str, Any]] = []
     LocalTransport(**transport).run_batch(jobs, artifacts, policy,
                                           lambda r: records.append(finalize(r)))
@@ -347,7 +351,7 @@ def memory(log: Any) -> list[dict[str, Any]]:
     policy = TimingPolicy(min_runs=20, min_seconds=0.2, max_seconds=1.0, target_ci_rel_width=0.0)
     rows = []
     for backend in ("onnxruntime", "tflite", "torch"):
-        records = _local_records(backend, [MEMORY_BEFORE, MEMORY_WORKLOAD], policy)
+        records = measure_locally(backend, [MEMORY_BEFORE, MEMORY_WORKLOAD], policy)
         mem = records[-1]["memory"]
         artifact = artifact_for(MEMORY_WORKLOAD, backend)
         inferences = records[-1].get("inferences") or 50
@@ -374,7 +378,7 @@ def energy(log: Any) -> list[dict[str, Any]]:
         sensor.write_text(f"{int(CONSTANT_WATTS * 1e6)}\n")  # microwatts, as hwmon reports
         policy = TimingPolicy(min_seconds=1.5, max_seconds=2.0, target_ci_rel_width=0.0)
         for backend in ("onnxruntime", "tflite"):
-            (record,) = _local_records(backend, [BLOCK_TIMED], policy, sysfs_root=root,
+            (record,) = measure_locally(backend, [BLOCK_TIMED], policy, sysfs_root=root,
                                        energy={"sensor": "hwmon"})
             measured = record["energy"].get("joules_per_inference")
             if measured is None:

@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 
 from backends import adb, runner
-from backends.base import Job, TimingPolicy
-from backends.local import LocalTransport
-from harness.artifacts import artifact_for
-from harness.records import finalize
+from backends.base import TimingPolicy
+from harness.selftest import measure_locally
 
 TINY = "conv-pointwise-M1-N1-k1-x1-s1-nobn"  # a few microseconds a call: always timed in blocks
 SMALL = "conv-separable-M16-N32-k3-x14-s1"
@@ -28,17 +26,6 @@ def write(root: Path, relative: str, text: str) -> Path:
     return path
 
 
-def measure_batch(backend: str, workloads: list[str], policy: TimingPolicy, options: dict | None = None,
-                  **transport) -> list[dict]:
-    artifacts = {w: artifact_for(w, backend) for w in workloads}
-    jobs = [Job(f"t/{i}/{w}", w, "local", backend, 1, options=options or {}) for i, w in enumerate(workloads)]
-    records: list[dict] = []
-    LocalTransport(**transport).run_batch(
-        jobs, artifacts, policy, lambda r: records.append(finalize(r)))
-    assert [r["status"] for r in records] == ["ok"] * len(jobs), [r.get("error") for r in records]
-    return records
-
-
 # ---------------------------------------------------------------- energy
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "tflite"])
@@ -48,7 +35,7 @@ def test_energy_per_inference_of_a_block_timed_layer_is_power_times_call_time(tm
     policy = TimingPolicy(warmup_runs=3, warmup_seconds=0.1, min_seconds=1.2, max_seconds=1.5,
                           target_ci_rel_width=0.0)
     # Blocks of 16 calls per sample, fixed so that the test means the same on any machine.
-    (record,) = measure_batch(backend, [TINY], policy, options={"block_size": 16}, sysfs_root=str(tmp_path),
+    (record,) = measure_locally(backend, [TINY], policy, options={"block_size": 16}, sysfs_root=str(tmp_path),
                               energy={"sensor": "hwmon"})
     energy = record["energy"]
     assert record["block_size"] == 16
@@ -100,8 +87,8 @@ def test_rapl_packages_wrap_each_on_their_own_range(tmp_path):
 @pytest.mark.slow
 def test_peak_memory_of_a_job_is_its_own_not_the_previous_models():
     policy = TimingPolicy(warmup_runs=2, warmup_seconds=0.0, min_runs=5, min_seconds=0.05, max_seconds=0.3)
-    after_large = measure_batch("onnxruntime", [LARGE, SMALL], policy)
-    alone = measure_batch("onnxruntime", [SMALL], policy)
+    after_large = measure_locally("onnxruntime", [LARGE, SMALL], policy)
+    alone = measure_locally("onnxruntime", [SMALL], policy)
     large, small = after_large[0]["memory"], after_large[1]["memory"]
     assert large["rss_increase_bytes"] > 80e6  # the twin's weights alone are ~120 MB
     assert small["peak_rss_bytes"] == pytest.approx(alone[0]["memory"]["peak_rss_bytes"], rel=0.25)
@@ -126,8 +113,8 @@ def test_block_size_is_a_power_of_two_and_stable_under_jitter():
 @pytest.mark.slow
 def test_a_block_size_fixed_by_the_plan_is_used_and_reported():
     policy = TimingPolicy(warmup_runs=2, warmup_seconds=0.0, min_runs=5, min_seconds=0.05, max_seconds=0.2)
-    (fixed,) = measure_batch("onnxruntime", [TINY], policy, options={"block_size": 4})
-    (chosen,) = measure_batch("onnxruntime", [TINY], policy)
+    (fixed,) = measure_locally("onnxruntime", [TINY], policy, options={"block_size": 4})
+    (chosen,) = measure_locally("onnxruntime", [TINY], policy)
     assert fixed["block_size"] == 4 and fixed["block_size_source"] == "fixed by the plan"
     assert chosen["block_size_source"] == "chosen from the warm-up" and chosen["block_size"] >= 2
     assert fixed["latency"]["block_size"] == 4 and "blocks of 4" in fixed["latency"]["statistic"]
