@@ -387,6 +387,7 @@ def load_frame(runs: Iterable[Path]):
             row["device_cpu"] = fingerprint.get("cpu_model")
             row["device_emulated"] = fingerprint.get("emulated")
             row["device_fingerprint_id"] = fingerprint.get("id")
+            row["probe_s"] = (record.get("reference_probe") or {}).get("median_s")
             row["run_started_at"] = info.get("started_at")
             rows.append(row)
     return pd.DataFrame(rows)
