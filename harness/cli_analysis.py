@@ -109,15 +109,18 @@ def register(main: click.Group) -> None:
                        "baseline set`), or a run. Default: stored if set, else auto.")
     @click.option("--threshold", type=Fraction(), default=None,
                   help="Smallest change of the median that counts, as 0.05 or 5%  [default: 5%]")
-    @click.option("--alpha", type=float, default=None, help="Significance level of the Mann-Whitney U test "
-                  "[default: 0.01]")
+    @click.option("--alpha", type=float, default=None, help="One-sided significance level; the interval shown "
+                  "is its (1 - 2 alpha) t interval over invocations [default: 0.01]")
+    @click.option("--normalize", type=click.Choice(["none", "reference"]), default="none", show_default=True,
+                  help="reference: divide every invocation by the machine's reference probe timed in it, so a "
+                       "machine slower tonight does not read as a regression (its drift is always shown).")
     @click.option("--same-runtime", is_flag=True,
                   help="Match runtime versions too (default: compare across versions and show the change).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.option("--markdown", "as_markdown", is_flag=True, help="Print Markdown (for a pull-request comment).")
-    @click.option("--allow-busy", is_flag=True,
-                  help="Give verdicts even for measurements made while other processes used the CPU "
-                       "(default: inconclusive).")
+    @click.option("--allow-busy", is_flag=True, hidden=True,
+                  help="Accepted for old scripts; verdicts no longer depend on a busy flag (the interval over "
+                       "invocations carries the noise).")
     @click.option("--allow-missing-baseline", is_flag=True,
                   help="Exit 0 with a message when no baseline exists yet (first nightly run).")
     @click.option("--allow-unmatched", is_flag=True,
@@ -126,14 +129,16 @@ def register(main: click.Group) -> None:
     @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None, help=RESULTS_HELP)
     @click.pass_context
     def compare_command(ctx: click.Context, runs: tuple[str, ...], baseline_ref: str | None,
-                        threshold: float | None, alpha: float | None, same_runtime: bool, as_json: bool,
+                        threshold: float | None, alpha: float | None, normalize: str, same_runtime: bool,
+                        as_json: bool,
                         as_markdown: bool, allow_busy: bool, allow_missing_baseline: bool, allow_unmatched: bool,
                         results_dir: Path | None) -> None:
         """Compare CURRENT (default: latest) with BASELINE: `harness compare [BASELINE] [CURRENT]`.
 
         Exit code 1 when any measurement regressed, or when nothing was compared or more
         measurements were unmatched than matched (unless --allow-unmatched); 0 otherwise;
-        2 for usage errors.  A verdict needs both p < alpha and a change beyond --threshold.
+        2 for usage errors.  The unit is the invocation (`harness run --repeats`): a regression
+        needs its interval above no change and a change beyond --threshold.
         """
         from harness import compare as cmp
         from harness.store import resolve_run, skipped_records
@@ -158,7 +163,7 @@ def register(main: click.Group) -> None:
             raise
         options = cmp.Options(threshold=cmp.DEFAULT_THRESHOLD if threshold is None else threshold,
                               alpha=cmp.DEFAULT_ALPHA if alpha is None else alpha, same_runtime=same_runtime,
-                              allow_busy=allow_busy, allow_unmatched=allow_unmatched)
+                              allow_unmatched=allow_unmatched, normalize=normalize)
         result = cmp.compare_runs(baseline, current, options, why)
         # A damaged record could be a regression: list it, and the gate fails on it (see Comparison.gate_failure).
         for side, path in (("baseline", baseline), ("current", current)):
@@ -206,46 +211,6 @@ def register(main: click.Group) -> None:
     def baseline_show(ctx: click.Context, results_dir: Path | None) -> None:
         """Print the stored baseline."""
         _show_baseline(_results(results_dir or (ctx.obj or {}).get("results_dir")))
-
-    @main.command("history", short_help="One workload's median latency over every run, with a trend figure.")
-    @click.option("--workload", "workload_id", required=True, help="Workload id, e.g. mobilenet_v2-1.0-224.")
-    @click.option("--device", default=None, help="Only this device.")
-    @click.option("--backend", default=None, help="Only this backend.")
-    @click.option("--threads", type=int, default=None, help="Only this thread count.")
-    @click.option("--figure", "figure_path", type=click.Path(path_type=Path), default=None,
-                  help="Trend figure (default: reports/history/<workload>.png).")
-    @click.option("--no-figure", is_flag=True, help="Only print the table.")
-    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-    @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None, help=RESULTS_HELP)
-    def history_command(workload_id: str, device: str | None, backend: str | None, threads: int | None,
-                        figure_path: Path | None, no_figure: bool, as_json: bool, results_dir: Path | None) -> None:
-        """Median latency of one workload over every run in results/, as a table and a trend figure."""
-        from harness.history import history, table_rows, trend_figure
-
-        root = _results(results_dir)
-        ok, bad = history(root, workload_id, device, backend, threads)
-        rows = table_rows(ok)
-        figure = None
-        if not no_figure and rows:
-            stem = "-".join([workload_id, *(str(v) for v in (device, backend) if v),
-                             *([f"t{threads}"] if threads else [])])
-            figure = trend_figure(ok, workload_id, figure_path or default_reports_dir() / "history" / f"{stem}.png")
-        if as_json:
-            click.echo(json.dumps({"workload_id": workload_id, "runs": rows, "figure": str(figure) if figure else None,
-                                   "invalid": [{"run_id": r["run_id"], "job_id": r.get("job_id"),
-                                                "status": r["status"]} for _, r in bad.iterrows()]},
-                                  indent=2, default=str))
-            return
-        _print_table(
-            f"{workload_id}: median latency per run ({len(rows)} valid measurements)",
-            ["run", "device/backend/threads", "runtime", "median ms", "95% CI ms", "n", "vs previous"],
-            [[r["run_id"], f"{r['device']}/{r['backend']}/t{r['threads']}", str(r["runtime_version"] or ""),
-              f"{r['median_s'] * 1e3:.4g}", f"{r['ci_low_s'] * 1e3:.4g} - {r['ci_high_s'] * 1e3:.4g}", str(r["n"]),
-              f"{r['change_vs_previous'] * 100:+.1f}%" if r["change_vs_previous"] is not None else ""]
-             for r in rows],
-            footer=(f"{len(bad)} invalid measurement(s) not shown" if len(bad) else None))
-        if figure:
-            click.echo(f"trend figure: {figure}")
 
     @main.command("export", short_help="Export a run as pytest-benchmark JSON or CSV.")
     @click.argument("run", default="latest")
@@ -308,7 +273,8 @@ def _print_compare(result: Any) -> None:
             cells[index] = f"[{colour[row['verdict']]}]{row['verdict']}[/]"
         rows.append(cells)
     _print_table(f"baseline {result.baseline['run_id']} -> current {result.current['run_id']}", cmp.COLUMNS, rows,
-                 footer=f"baseline chosen: {result.baseline.get('chosen') or 'given'}\n{cmp.criteria(result)}",
+                 footer="\n".join([f"baseline chosen: {result.baseline.get('chosen') or 'given'}",
+                                    *cmp.drift_lines(result), cmp.criteria(result)]),
                  markup_column=cmp.COLUMNS.index("verdict"))
     if result.unmatched:
         _print_table("unmatched measurements (not compared)", ["workload", "device/backend/threads", "only in",
