@@ -937,6 +937,7 @@ def _validate(options: Mapping[str, Any], fail: Fail) -> None:
 
 TRANSPORT = TransportInfo(
     "adb",
+    machine=lambda device: f"adb:{device.option('serial') or device.name}",
     fields={
         "serial": "the phone's serial (see `adb devices`), or HOST:PORT for adb over TCP",
         "adb": "the adb client binary (default adb on PATH)",

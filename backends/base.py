@@ -59,7 +59,10 @@ class TimingPolicy:
     energy_idle_seconds: float = 0.0  # idle power window before each job; 0 disables
     energy_min_window_s: float = 1.0  # shorter timed windows give "unavailable" energy
     block_min_ns: int = 100_000  # calls faster than this are timed in blocks (per-call mean per sample)
-    slowdown_fraction: float = 0.0  # tests only: sleep this fraction of each iteration
+    # Real extra work inside each timed iteration: spin this fraction of the iteration's own time
+    # (``selftest --gate`` and tests inject slowdowns with it; never set for a real measurement).
+    slowdown_fraction: float = 0.0
+    reference_probe_seconds: float = 0.2  # the machine's reference kernel, timed in every invocation; 0: off
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,10 +79,17 @@ class Job:
     threads: int
     delegate: str | None = None  # Android: cpu | xnnpack | gpu | nnapi
     options: Mapping[str, Any] = field(default_factory=dict)
+    repeat: int = 0  # which invocation of the job this is (0-based), of ``repeats``
+    repeats: int = 1
 
     @property
     def batch_key(self) -> tuple[str, str, int, str | None]:
         return (self.device, self.backend, self.threads, self.delegate)
+
+    @property
+    def series_key(self) -> tuple[str, str, int, str | None, str]:
+        """The job across its invocations: every repeat of it shares this key."""
+        return (self.device, self.backend, self.threads, self.delegate, self.workload_id)
 
 
 ResultCallback = Callable[[dict[str, Any]], None]

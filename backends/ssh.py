@@ -187,6 +187,7 @@ def _validate(options: Mapping[str, Any], fail: Fail) -> None:
 
 TRANSPORT = TransportInfo(
     "ssh",
+    machine=lambda device: f"ssh:{device.option('host')}:{device.option('port') or 22}",
     fields={
         "host": "hostname, IP address or ~/.ssh/config alias",
         "port": "SSH port (default 22, or the ssh config's)",

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.measure.invocations import collapse, ratio_ci
 from harness.measure.stats import bootstrap_ratio_ci
 
 GROUP = ["device", "backend", "threads", "delegate"]
@@ -36,11 +37,12 @@ def valid(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _valid(frame: pd.DataFrame) -> pd.DataFrame:
+    """Valid measurements, one row per job: a job's invocations are collapsed (``invocations.collapse``)."""
     if frame.empty or "status" not in frame:
         return frame.iloc[0:0]
     out = frame[frame["status"] == "ok"].copy()
     if "latency_median" in out:
-        out = out[out["latency_median"].notna()]
+        out = collapse(out[out["latency_median"].notna()])
     return out
 
 
@@ -98,7 +100,11 @@ def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
             measured = std["latency_median"] / sep["latency_median"]
             lo = hi = np.nan
             std_samples, sep_samples = std.get("samples_s"), sep.get("samples_s")
-            if bootstrap and isinstance(std_samples, list) and isinstance(sep_samples, list) \
+            std_runs, sep_runs = _invocation_medians(std), _invocation_medians(sep)
+            if len(std_runs) >= 2 and len(sep_runs) >= 2:
+                estimate = ratio_ci(sep_runs, std_runs, level=0.95)
+                lo, hi = estimate.ci_low, estimate.ci_high
+            elif bootstrap and isinstance(std_samples, list) and isinstance(sep_samples, list) \
                     and std_samples and sep_samples:
                 _, lo, hi = bootstrap_ratio_ci(thin(std_samples), thin(sep_samples), n_boot=bootstrap)
             theoretical = 1.0 / sep["ratio"]
@@ -116,6 +122,11 @@ def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
             )
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _invocation_medians(row: Any) -> list[float]:
+    values = row.get("invocation_medians")
+    return list(values) if isinstance(values, list) else []
 
 
 def efficiency_summary(pairs: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,10 @@ import click
 from harness.cli_cluster import cluster_run_options, resolve_cluster
 from harness.errors import UserError
 
+# Invocations per job by default: enough for `compare` to give verdicts on a shared 2-core VM
+# (see README, "Nightly regression gate", for the calibration behind it).
+DEFAULT_REPEATS = 5
+
 
 class HarnessGroup(click.Group):
     """Turns UserError into a one-line message and exit code 2."""
@@ -57,6 +61,8 @@ def _print_table(title: str, columns: list[str], rows: list[list[str]], footer: 
     for row in rows:
         table.add_row(*row)
     console = Console(width=max(120, Console().width))
+    if not console.is_terminal:  # a log or a pipe: never cut a cell, whatever the width it assumes
+        console = Console(width=max(120, console.measure(table).maximum))
     console.print(table)
     if footer:
         console.print(footer)
@@ -113,6 +119,30 @@ def workloads_show(workload_id: str, as_json: bool) -> None:
                         f"{cost.bytes_fp32:,} bytes fp32, {cost.bytes_int8:,} bytes int8")
 
 
+def timing_options(command: Any) -> Any:
+    """How each job is measured: the options `run` and `ab` share."""
+    options = [
+        click.option("--repeats", type=int, default=DEFAULT_REPEATS, show_default=True,
+                     help="Fresh runner invocations per job, interleaved in randomized rounds: the unit `compare` "
+                          "tests on (at least 2 per side for a verdict; 5 or more for a gate)."),
+        click.option("--max-time", type=float, default=5.0, show_default=True,
+                     help="Maximum timed seconds per job invocation."),
+        click.option("--min-time", type=float, default=0.5, show_default=True,
+                     help="Minimum timed seconds per job invocation."),
+        click.option("--min-runs", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="Minimum timed iterations per job invocation."),
+        click.option("--warmup-runs", type=click.IntRange(min=0), default=3, show_default=True,
+                     help="Untimed iterations after the first inference (and at least 0.2 s unless 0)."),
+        click.option("--target-ci", type=float, default=0.01, show_default=True,
+                     help="Stop an invocation once the 95% CI of its median is this narrow (relative)."),
+        click.option("--energy-idle", type=float, default=0.0, show_default=True,
+                     help="Seconds of idle power measured before each job (subtracted from its energy)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("run")
 @click.option("--suite", default=None, help="Named suite (default: quick).")
 @click.option("--workloads", "workload_ids", default=None, help="Comma-separated workload ids (added to --suite).")
@@ -121,34 +151,21 @@ def workloads_show(workload_id: str, as_json: bool) -> None:
 @click.option("--devices", "device_names", default=None, help="Comma-separated device names from devices.yaml.")
 @click.option("--devices-file", type=click.Path(path_type=Path), default=None,
               help="Devices file (default: $CONVBENCH_DEVICES or ./devices.yaml).")
-@click.option("--max-time", type=float, default=5.0, show_default=True, help="Maximum timed seconds per job.")
-@click.option("--min-time", type=float, default=0.5, show_default=True, help="Minimum timed seconds per job.")
-@click.option("--min-runs", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Minimum timed iterations per job.")
-@click.option("--warmup-runs", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Untimed iterations after the first inference (and at least 0.2 s unless 0).")
-@click.option("--target-ci", type=float, default=0.01, show_default=True,
-              help="Stop a job once the 95%% CI of its median is this narrow (relative).")
-@click.option("--energy-idle", type=float, default=0.0, show_default=True,
-              help="Seconds of idle power measured before each job (subtracted from its energy).")
+@timing_options
 @click.option("--out", "results_dir", type=click.Path(path_type=Path), default=None,
               help="Results directory (default: $CONVBENCH_RESULTS or ./results).")
 @cluster_run_options
 def run_command(suite: str | None, workload_ids: str | None, backends: str | None, threads: str | None,
-                device_names: str | None, devices_file: Path | None, max_time: float, min_time: float,
-                min_runs: int, warmup_runs: int, target_ci: float, energy_idle: float, results_dir: Path | None,
-                cluster: str | None,
+                device_names: str | None, devices_file: Path | None, repeats: int, max_time: float,
+                min_time: float, min_runs: int, warmup_runs: int, target_ci: float, energy_idle: float,
+                results_dir: Path | None, cluster: str | None,
                 tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
     """Benchmark workloads on devices; results go to results/<run-id>/."""
-    from rich.console import Console
-
     from harness import devices as devices_mod
     from harness import plan
-    from harness.cli_progress import RunProgress
-    from harness.run import execute
-    from harness.store import default_results_dir
 
     min_time = _min_time_for(min_time, max_time)
+    policy_args = (min_time, max_time, min_runs, warmup_runs, target_ci, energy_idle)
     notes: list[str] = []
     workload_list = plan.resolve_workloads(suite, workload_ids, notes)
     backend_list = plan.parse_option(backends, "--backends", "onnxruntime,tflite")
@@ -159,32 +176,129 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
                                                                          else list(known)[:1])
     selected = devices_mod.select(known, names)
 
+    outcome = _measure(selected, workload_list, suite, backend_list, thread_list, repeats, policy_args, notes,
+                       results_dir, cluster_run=(cluster, tls_ca, tls_cert, tls_key))
+    _print_run_summary(outcome.path)
+    _finish_run(outcome)
+
+
+def _measure(selected: list, workload_list: list[str], suite: str | None, backend_list: list[str] | None,
+             thread_list: list[int] | None, repeats: int, policy_args: tuple, notes: list[str],
+             results_dir: Path | None, cluster_run: tuple = (None, None, None, None)) -> Any:
+    """Plan, announce and execute a run with a live progress display; returns its RunOutcome."""
+    from rich.console import Console
+
+    from harness import plan
+    from harness.cli_progress import RunProgress
+    from harness.run import execute
+    from harness.store import default_results_dir
+
     console = Console(stderr=False)
     for note in notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
     chosen, skipped = plan.available_backends(selected, backend_list)
     for message in skipped:
         console.print(message, style="yellow", markup=False, soft_wrap=True)
-    jobs = plan.make_jobs(selected, plan.Selection(workload_list, chosen, thread_list))
+    repeats = plan.parse_repeats(repeats)
+    jobs = plan.make_jobs(selected, plan.Selection(workload_list, chosen, thread_list, repeats))
     if not jobs:
         raise UserError("nothing to run: no selected device offers the selected backends "
                         f"({', '.join(backend_list or []) or 'none installed'})")
-    policy = plan.timing_policy(min_time, max_time, min_runs, warmup_runs, target_ci, energy_idle)
-    console.print(f"{len(jobs)} jobs: {len(workload_list)} workloads on {', '.join(d.name for d in selected)} "
-                  f"with {', '.join(chosen)}")
-    cluster_address, cluster_security = resolve_cluster(cluster, tls_ca, tls_cert, tls_key)
+    policy = plan.timing_policy(*policy_args)
+    per_job = f" x {repeats} invocations" if repeats > 1 else ""
+    console.print(f"{len(jobs) // repeats} jobs{per_job}: {len(workload_list)} workloads on "
+                  f"{', '.join(d.name for d in selected)} with {', '.join(chosen)}")
+    cluster_address, cluster_security = resolve_cluster(*cluster_run)
     results_root = _writable_results_dir(results_dir or default_results_dir())
     request = plan.RunRequest(selected, jobs, policy, results_root, workload_list, suite, skipped,
-                              cluster=cluster_address, cluster_security=cluster_security)
+                              cluster=cluster_address, cluster_security=cluster_security, repeats=repeats)
     with RunProgress(console) as progress:
         outcome = execute(request, progress.on_event)
-    _print_run_summary(outcome.path)
+    return outcome
+
+
+def _finish_run(outcome: Any) -> None:
+    """Exit as the run ended: 1 when it failed (the gate must not pass), 128+signal when interrupted."""
     if outcome.status == "failed":  # every job failed, or the disk filled: the gate must not pass
         click.echo(f"error: run failed: {outcome.reason}; results: {outcome.path}", err=True)
         sys.exit(1)
-    console.print(f"results: {outcome.path} ({outcome.status})", markup=False, soft_wrap=True)
+    click.echo(f"results: {outcome.path} ({outcome.status})")
     if outcome.status == "interrupted":
         sys.exit(outcome.exit_code or 130)
+
+
+@main.command("ab", short_help="A/B: two candidates on one machine, interleaved in one run; exit 1 if B regressed.")
+@click.argument("candidate_a", metavar="A")
+@click.argument("candidate_b", metavar="B")
+@click.option("--suite", default=None, help="Named suite (default: quick).")
+@click.option("--workloads", "workload_ids", default=None, help="Comma-separated workload ids (added to --suite).")
+@click.option("--backends", default=None, help="Comma-separated backends (default: every one both declare).")
+@click.option("--threads", default=None, help="Comma-separated thread counts, e.g. 1,2 (default: per device).")
+@click.option("--devices-file", type=click.Path(path_type=Path), default=None,
+              help="Devices file (default: $CONVBENCH_DEVICES or ./devices.yaml).")
+@timing_options
+@click.option("--threshold", type=float, default=None, help="Smallest change that counts, e.g. 0.05 [default: 5%]")
+@click.option("--alpha", type=float, default=None, help="One-sided significance level [default: 0.01]")
+@click.option("--normalize", type=click.Choice(["none", "reference"]), default="none", show_default=True,
+              help="reference: divide every invocation by the reference probe timed in it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.option("--out", "results_dir", type=click.Path(path_type=Path), default=None,
+              help="Results directory (default: $CONVBENCH_RESULTS or ./results).")
+def ab_command(candidate_a: str, candidate_b: str, suite: str | None, workload_ids: str | None,
+               backends: str | None, threads: str | None, devices_file: Path | None, repeats: int, max_time: float,
+               min_time: float, min_runs: int, warmup_runs: int, target_ci: float, energy_idle: float,
+               threshold: float | None, alpha: float | None, normalize: str, as_json: bool,
+               results_dir: Path | None) -> None:
+    """Measure A and B in one run, invocation by invocation in randomized rounds, and judge B against A.
+
+    A and B are devices of the devices file, or python=PATH (this host, the runner under
+    another interpreter: e.g. two virtualenvs with different onnxruntime versions).  Both
+    must be the same machine.  Exit 1 when B regressed against A on any job.
+    """
+    from harness import ab, plan
+    from harness import compare as cmp
+    from harness.store import read_run
+
+    min_time = _min_time_for(min_time, max_time)
+    notes: list[str] = []
+    workload_list = plan.resolve_workloads(suite, workload_ids, notes)
+    backend_list = plan.parse_option(backends, "--backends", "onnxruntime,tflite")
+    plan.validate_backends(backend_list)
+    known = _load_devices_or_local(devices_file)
+    a, b = ab.candidate(candidate_a, known, "A"), ab.candidate(candidate_b, known, "B")
+    if ab.machines_differ(a, b):
+        raise UserError(f"A ({candidate_a}) and B ({candidate_b}) are different machines: an A/B run compares two "
+                        "candidates on one machine; compare runs of two machines with `harness compare`")
+    if repeats < 2:
+        raise UserError(f"--repeats {repeats}: an A/B comparison needs at least 2 rounds (5 or more to gate on)")
+    options = cmp.Options(threshold=cmp.DEFAULT_THRESHOLD if threshold is None else threshold,
+                          alpha=cmp.DEFAULT_ALPHA if alpha is None else alpha, normalize=normalize)
+    click.echo(f"A = {candidate_a}, B = {candidate_b}: measured in one run, interleaved in {repeats} rounds")
+    outcome = _measure([a, b], workload_list, suite, backend_list, plan.parse_threads(threads), repeats,
+                       (min_time, max_time, min_runs, warmup_runs, target_ci, energy_idle), notes, results_dir)
+    if outcome.status != "complete":
+        _finish_run(outcome)
+    _, records = read_run(outcome.path)
+    rows = ab.paired_rows(records, options)
+    regressed = sum(1 for r in rows if r["verdict"] == "regressed")
+    if as_json:
+        click.echo(json.dumps({"a": candidate_a, "b": candidate_b, "run": str(outcome.path),
+                               "threshold": options.threshold, "alpha": options.alpha,
+                               "confidence_level": options.level, "normalize": options.normalize,
+                               "unit": "rounds: B's invocation over A's in the same round",
+                               "rows": rows, "exit_code": 1 if regressed else 0}, indent=2, default=str))
+    else:
+        columns = [c if c != "device/backend/threads" else "backend/threads" for c in cmp.COLUMNS]
+        columns = [{"baseline ms": "A ms", "current ms": "B ms", "invocations": "rounds"}.get(c, c) for c in columns]
+        cells = [cmp.row_cells(r) for r in sorted(rows, key=cmp.row_order)]
+        for row in cells:
+            row[5] = row[5].split("+")[0]  # rounds: each pairs one invocation of A with one of B
+        _print_table(f"B ({candidate_b}) against A ({candidate_a}), paired by round", columns, cells,
+                     footer=f"change = B/A, geometric mean over rounds of B's invocation over A's, with a "
+                            f"{options.level:.0%} t interval; results: {outcome.path}")
+        counts = {v: sum(1 for r in rows if r["verdict"] == v) for v in cmp.VERDICTS}
+        click.echo(", ".join(f"{n} {v}" for v, n in counts.items()) + f"; exit code {1 if regressed else 0}")
+    sys.exit(1 if regressed else 0)
 
 
 def _min_time_for(min_time: float, max_time: float) -> float:

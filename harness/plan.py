@@ -18,6 +18,7 @@ class Selection:
     workload_ids: list[str]
     backends: list[str] | None  # None: every backend each device declares
     threads: list[int] | None  # None: each device's own list
+    repeats: int = 1  # fresh runner invocations per job (the unit of replication)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class RunRequest:
     skipped: list[str] = field(default_factory=list)  # backends left out, with install hints
     cluster: str | None = None  # a Dask scheduler address: dispatch through harness worker processes
     cluster_security: Any = None
+    repeats: int = 1
+    order_seed: int | None = None  # seeds the randomized interleaved order of invocations (stored in run.json)
 
 
 def timing_policy(min_time: float, max_time: float, min_runs: int, warmup_runs: int, target_ci: float,
@@ -111,9 +114,18 @@ def make_jobs(devices: list[Device], selection: Selection) -> list[Job]:
                 for delegate in delegates:
                     for workload_id in selection.workload_ids:
                         tag = f"{backend}-{delegate}" if delegate else backend
-                        jobs.append(Job(f"{device.name}/{tag}/t{thread_count}/{workload_id}", workload_id,
-                                        device.name, backend, thread_count, delegate))
+                        job_id = f"{device.name}/{tag}/t{thread_count}/{workload_id}"
+                        for repeat in range(selection.repeats):
+                            jobs.append(Job(job_id if selection.repeats == 1 else f"{job_id}#{repeat + 1}",
+                                            workload_id, device.name, backend, thread_count, delegate,
+                                            repeat=repeat, repeats=selection.repeats))
     return jobs
+
+
+def parse_repeats(repeats: int) -> int:
+    if repeats < 1:
+        raise UserError(f"--repeats must be at least 1 (fresh runner invocations per job), got {repeats}")
+    return repeats
 
 
 def available_backends(devices: list[Device], requested: list[str] | None) -> tuple[list[str], list[str]]:

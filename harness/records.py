@@ -150,6 +150,8 @@ class Measurement:
     error: str | None = None
     error_kind: ErrorKind | None = None
     machine_busy: bool = False
+    repeat: int = 0  # this invocation of the job (0-based), one fresh runner process each
+    repeats: int = 1
     latency: Latency | None = None
     memory: Memory | None = None
     energy: Energy | None = None
@@ -187,7 +189,8 @@ class Measurement:
 def raw_record(job: Job, transport: str | None, **fields: Any) -> dict[str, Any]:
     """What a transport reports for one job (``finalize`` makes it a Measurement)."""
     return {"job_id": job.job_id, "workload_id": job.workload_id, "device": job.device, "transport": transport,
-            "backend": job.backend, "threads": job.threads, "requested_delegate": job.delegate, **fields}
+            "backend": job.backend, "threads": job.threads, "requested_delegate": job.delegate,
+            "repeat": job.repeat, "repeats": job.repeats, **fields}
 
 
 def error_record(job: Job, transport: str | None, message: str, kind: ErrorKind, **fields: Any) -> dict[str, Any]:

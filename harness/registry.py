@@ -105,6 +105,9 @@ class TransportInfo:
     # timing of one would include the load of another), and its backends' modules must be here.
     runs_on_host: bool = False
     validate: Callable[[Mapping[str, Any], Fail], None] = field(default=lambda options, fail: None)
+    # Device -> the machine it measures on: two devices.yaml entries naming one board or phone
+    # share it, and their jobs are then scheduled in turn, never at the same time.
+    machine: Callable[[Any], str] = field(default=lambda device: f"{device.transport}:{device.name}")
 
 
 TRANSPORT_MODULES: dict[str, str] = {

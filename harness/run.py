@@ -6,6 +6,7 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import platform
+import random
 import signal
 import subprocess
 import sys
@@ -189,8 +190,9 @@ def execute(request: RunRequest, on_event: Callable[[Event], None] = lambda even
     devices, policy, results_dir = request.devices, request.policy, request.results_dir
     try:
         writer = RunWriter(results_dir, provenance(devices, request.workload_ids, policy, request.suite))
-        writer.update(skipped=list(request.skipped), jobs=len(request.jobs),
-                      **({"cluster": request.cluster} if request.cluster else {}))
+        seed = request.order_seed if request.order_seed is not None else random.SystemRandom().randrange(2 ** 32)
+        writer.update(skipped=list(request.skipped), jobs=len(request.jobs), repeats=request.repeats,
+                      order_seed=seed, **({"cluster": request.cluster} if request.cluster else {}))
     except OSError as exc:
         raise UserError(str(exc) if isinstance(exc, DiskFull) else
                         f"cannot write results to {results_dir}: {exc.filename or ''}: {exc.strerror or exc}") \
@@ -249,7 +251,7 @@ def execute(request: RunRequest, on_event: Callable[[Event], None] = lambda even
                         cluster_dispatch(work, artifacts, policy, on_record, on_state, stop,
                                          scheduler=request.cluster, security=request.cluster_security)
                 else:
-                    dispatch(work, artifacts, policy, on_record, on_state, stop)
+                    dispatch(work, artifacts, policy, on_record, on_state, stop, seed=seed)
                 status, reason = _final_status(records, writer.disk_full)
             finally:
                 signals.disarm()  # from here on a signal must not cut the write-up short

@@ -27,6 +27,7 @@ import traceback
 from .energy import EnergyUnavailable, open_energy_sensor
 from .fingerprint import fingerprint
 from .memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from .probe import run_probe
 from .runtimes import RUNTIMES
 from .state import BusyMeter, system_state
 from .timing import measure
@@ -95,6 +96,9 @@ def measure_item(runtime, item, plan):
     result = {"type": "result", "job_id": item["job_id"], "thermal_before": system_state(sysfs_root)}
     try:
         input_array = np.load(item["input"])
+        probe_s = float(policy.get("reference_probe_seconds", 0.2))
+        if probe_s > 0:  # before the model loads: its arrays are freed before the memory baseline
+            result["reference_probe"] = run_probe(probe_s)
         baseline = current_rss_bytes()  # runtime imported, model not yet loaded
         peak_reset = reset_peak_rss()
         start = time.perf_counter_ns()

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 from harness.compare.verdicts import VERDICTS, Comparison
-from harness.records import BUSY_CORES
 
 
 def _pct(value: float) -> str:
@@ -20,15 +19,20 @@ def _p(value: float) -> str:
     return "<1e-4" if value < 1e-4 else f"{value:.4f}"
 
 
+def _nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def row_cells(row: dict[str, Any]) -> list[str]:
-    ci = f"[{_pct(row['ci_low'] - 1)}, {_pct(row['ci_high'] - 1)}]" if not math.isnan(row["ci_low"]) else ""
+    ci = "" if _nan(row["ci_low"]) else f"[{_pct(row['ci_low'] - 1)}, {_pct(row['ci_high'] - 1)}]"
+    change = _pct(row["change"]) + (" (norm.)" if row.get("normalized") else "")
     return [row["workload_id"], row["where"], row["runtime"], f"{row['baseline_median_s'] * 1e3:.4g}",
-            f"{row['current_median_s'] * 1e3:.4g}", _pct(row["change"]), ci, _p(row["p_value"]), row["verdict"],
-            row.get("note") or ""]
+            f"{row['current_median_s'] * 1e3:.4g}", f"{row['n_baseline']}+{row['n_current']}", change, ci,
+            _p(row["p_value"]), row["verdict"], row.get("note") or ""]
 
 
-COLUMNS = ["workload", "device/backend/threads", "runtime", "baseline ms", "current ms", "change", "95% CI",
-           "p (MWU)", "verdict", "note"]
+COLUMNS = ["workload", "device/backend/threads", "runtime", "baseline ms", "current ms", "invocations", "change",
+           "CI", "p (t)", "verdict", "note"]
 
 
 def headline(result: Comparison) -> str:
@@ -42,10 +46,30 @@ def headline(result: Comparison) -> str:
 def criteria(result: Comparison) -> str:
     options = result.options
     runtime = "runtime version must match" if options.same_runtime else "runtime version not required"
-    busy = "" if options.allow_busy else (
-        f"; measured while other processes used more than {BUSY_CORES:g} cores: inconclusive")
-    return (f"matched on {', '.join(result.matched_on)} ({runtime}); a verdict needs Mann-Whitney p < "
-            f"{options.alpha:g} and a change of the median beyond {options.threshold:.0%}{busy}")
+    normalized = ", each divided by its reference probe" if options.normalize == "reference" else ""
+    return (f"matched on {', '.join(result.matched_on)} ({runtime}); unit: the invocation's median{normalized}; "
+            f"change = ratio of geometric means with a {options.level:.0%} t interval (CI); regressed/improved: "
+            f"the CI excludes no change and the change is beyond {options.threshold:.0%}; unchanged: the CI lies "
+            f"within -/+{options.threshold:.0%}; otherwise inconclusive")
+
+
+def drift_lines(result: Comparison) -> list[str]:
+    """The machines' own change between the runs, from the reference probe (always reported)."""
+    lines = []
+    for drift in result.drift:
+        ci = "" if _nan(drift["ci_low"]) else f", {result.options.level:.0%} CI {_pct(drift['ci_low'] - 1)} .. " \
+                                                 f"{_pct(drift['ci_high'] - 1)}"
+        speed = "slower" if drift["change"] > 0 else "faster"
+        line = (f"machine {drift['device']}: the reference probe took {_pct(drift['change'])} "
+                f"({abs(drift['change']):.1%} {speed}{ci}; {drift['n_baseline']}+{drift['n_current']} invocations)")
+        if not drift["comparable"]:
+            line += "; the probe differs between the runs (numpy/Python/kernel), so this is not the machine alone"
+        elif result.options.normalize == "reference":
+            line += "; the changes above are relative to it"
+        else:
+            line += "; `--normalize reference` divides it out"
+        lines.append(line)
+    return lines
 
 
 def row_order(row: dict[str, Any]) -> tuple:
@@ -61,6 +85,7 @@ def markdown(result: Comparison) -> str:
              f"Baseline `{result.baseline['run_id']}` ({result.baseline.get('chosen') or 'given'}) vs current "
              f"`{result.current['run_id']}`; {criteria(result)}.", ""]
     lines += [f"> :warning: {warning}" for warning in result.warnings()] + ([""] if result.warnings() else [])
+    lines += [f"- {line}" for line in drift_lines(result)] + ([""] if result.drift else [])
     rows = sorted(result.rows, key=row_order)
     changed = [r for r in rows if r["verdict"] != "unchanged"]
     rest = [r for r in rows if r["verdict"] == "unchanged"]

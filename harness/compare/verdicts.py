@@ -4,12 +4,23 @@ Measurements are matched by workload, device fingerprint (the device name when a
 record has none), backend, threads and delegate, and by runtime version only when asked
 (``same_runtime``): by default a runtime upgrade is compared, and flagged in the row.
 
-For each matched pair: ratio of medians current/baseline with a percentile-bootstrap
-95% CI (on at most 5000 samples a side, evenly spaced in time: wider, never narrower),
-and a two-sided Mann-Whitney U p-value on all raw samples.  A verdict other
-than ``unchanged`` needs both: p < alpha *and* a change beyond the threshold.  With
-thousands of samples a Mann-Whitney test flags shifts far below anything that matters
-(and below the run-to-run drift of a shared machine); the threshold is the guard.
+The unit of replication is the invocation (one fresh runner process; ``harness run --repeats``):
+each invocation is reduced to its median latency and a pair is judged on those, never on pooled
+raw samples, whose thousands of autocorrelated values make any two processes "significantly"
+different.  The estimate is the ratio of the geometric means of the invocation medians with a
+(1 - 2 alpha) Student-t interval on their logs (Welch), so that
+
+- ``regressed``: the interval lies above 1 (a one-sided test at alpha) *and* the estimate
+  exceeds 1 + threshold (a change that matters);
+- ``improved``: the mirror image;
+- ``unchanged``: the whole interval lies within 1 -/+ threshold (an equivalence test at alpha:
+  a change as large as the threshold is ruled out);
+- ``inconclusive``: anything else (the interval reaches beyond the threshold without excluding
+  "no change"), or too few invocations to estimate.
+
+With ``normalize="reference"`` each invocation's median is first divided by the reference probe
+timed in the same invocation, which removes the machine's own drift; that drift is always
+reported apart (``Comparison.drift``).
 
 Exit codes (the gate, ``Comparison.exit_code``): 1 when anything regressed, or when the comparison
 compared nothing, fewer measurements than it left unmatched, or skipped damaged records (unless
@@ -24,12 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.measure.invocations import RatioEstimate, ratio_ci
 from harness.records import BUSY_CORES
 
-# See tests/test_compare.py for the A/A and injected-slowdown calibration.
+# Calibrated on a 2-core VM by `harness selftest --gate` (README, "Nightly regression gate").
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_ALPHA = 0.01
 VERDICTS = ("regressed", "improved", "inconclusive", "unchanged")
+NORMALIZE = ("none", "reference")
 
 
 @dataclass
@@ -37,15 +50,21 @@ class Options:
     threshold: float = DEFAULT_THRESHOLD
     alpha: float = DEFAULT_ALPHA
     same_runtime: bool = False
-    bootstrap: int = 1000
-    allow_busy: bool = False  # give verdicts even when the machine was busy while measuring
     allow_unmatched: bool = False  # pass the gate although nothing, or less than was left out, was compared
+    normalize: str = "none"  # "reference": divide each invocation by its reference probe
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold < 1:
             raise UserError(f"--threshold must be a fraction in [0, 1), e.g. 0.05 for 5%, got {self.threshold}")
-        if not 0 < self.alpha < 1:
-            raise UserError(f"--alpha must be in (0, 1), got {self.alpha}")
+        if not 0 < self.alpha < 0.5:
+            raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
+        if self.normalize not in NORMALIZE:
+            raise UserError(f"--normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}")
+
+    @property
+    def level(self) -> float:
+        """Confidence level of the interval: one-sided tests at alpha read off a (1 - 2 alpha) interval."""
+        return 1 - 2 * self.alpha
 
 
 @dataclass
@@ -56,6 +75,7 @@ class Comparison:
     matched_on: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
     unmatched: list[dict[str, Any]] = field(default_factory=list)
+    drift: list[dict[str, Any]] = field(default_factory=list)  # the machines' own change (reference probe)
 
     def count(self, verdict: str) -> int:
         return sum(1 for r in self.rows if r["verdict"] == verdict)
@@ -64,10 +84,10 @@ class Comparison:
         out = [f"the {side} run is {info.get('status')}, not complete: only part of it was measured"
                for side, info in (("baseline", self.baseline), ("current", self.current))
                if info.get("status") not in (None, "complete")]
-        busy = [r for r in self.rows if r["verdict"] == "inconclusive" and r.get("note", "").startswith("would be")]
-        if busy:
-            out.append(f"{len(busy)} change(s) beyond the threshold were measured while other processes used the "
-                       "CPU; rerun on a quiet machine (or pass --allow-busy to judge them anyway)")
+        few = [r for r in self.rows if min(r["n_baseline"], r["n_current"]) < 2]
+        if few:
+            out.append(f"{len(few)} comparison(s) have a single invocation on a side: no verdict is possible; "
+                       "measure both runs with `harness run --repeats 5` (or more)")
         return out + ([self.gate_failure()] if self.gate_failure() else [])
 
     def gate_failure(self) -> str:
@@ -92,8 +112,9 @@ class Comparison:
             "matched_on": self.matched_on,
             "runtime_version": "must match" if self.options.same_runtime else "not required (changes are shown)",
             "threshold": self.options.threshold, "alpha": self.options.alpha,
-            "busy_machine": "verdicts given anyway" if self.options.allow_busy else
-            f"inconclusive when other processes used more than {BUSY_CORES:g} cores",
+            "confidence_level": self.options.level, "normalize": self.options.normalize,
+            "unit": "invocation (each reduced to its median latency)",
+            "drift": [_jsonable(d) for d in self.drift],
             "counts": {**{v: self.count(v) for v in VERDICTS}, "unmatched": len(self.unmatched)},
             "exit_code": self.exit_code, "warnings": self.warnings(),
             "rows": [_jsonable(r) for r in self.rows],
@@ -148,29 +169,41 @@ def _index(records: list[dict[str, Any]], same_runtime: bool) -> tuple[dict[tupl
     return valid, invalid
 
 
-def verdict(ratio: float, p_value: float, options: Options) -> str:
-    if math.isnan(p_value):
-        return "inconclusive"
-    if p_value < options.alpha and ratio > 1 + options.threshold:
-        return "regressed"
-    if p_value < options.alpha and ratio < 1 - options.threshold:
-        return "improved"
-    return "unchanged"
+def judge(estimate: RatioEstimate, options: Options) -> tuple[str, str]:
+    """(verdict, why) of one ratio estimate; see the module docstring for the rule."""
+    t = options.threshold
+    if not estimate.estimable:
+        fewest = min(estimate.n_baseline, estimate.n_current)
+        return "inconclusive", (f"{estimate.n_baseline} + {estimate.n_current} invocations: a verdict needs at "
+                                "least 2 a side (harness run --repeats 5)" if fewest < 2 else "not estimable")
+    low, high, ratio = estimate.ci_low, estimate.ci_high, estimate.ratio
+    if low > 1 and ratio > 1 + t:
+        return "regressed", ""
+    if high < 1 and ratio < 1 - t:
+        return "improved", ""
+    if low >= 1 - t and high <= 1 + t:
+        return "unchanged", ""
+    return "inconclusive", f"CI reaches beyond -/+{t:.0%}: more --repeats or a quieter machine would decide"
 
 
-def compare_pair(base: list[float], cur: list[float], options: Options) -> dict[str, float]:
-    import numpy as np
+def invocation_values(records: list[dict[str, Any]], normalize: str) -> tuple[list[float], str]:
+    """Each invocation's median latency (divided by its reference probe when normalising); why not, if not."""
+    values = []
+    for record in records:
+        median = (record.get("latency") or {}).get("median")
+        if median is None:
+            continue
+        if normalize == "reference":
+            probe = (record.get("reference_probe") or {}).get("median_s")
+            if not probe:
+                return [], "no reference probe in this measurement (runner older than version 3): cannot normalise"
+            median = median / probe
+        values.append(float(median))
+    return values, ""
 
-    from harness.analysis import thin
-    from harness.measure.stats import bootstrap_ratio_ci, mann_whitney_p
 
-    ratio = float(np.median(cur) / np.median(base))
-    lo = hi = float("nan")
-    if options.bootstrap:
-        _, lo, hi = bootstrap_ratio_ci(thin(cur), thin(base), n_boot=options.bootstrap)
-    p_value = mann_whitney_p(cur, base) if len(base) >= 2 and len(cur) >= 2 else float("nan")
-    return {"ratio": ratio, "ci_low": lo, "ci_high": hi, "p_value": p_value}
-
+def probe_identities(records: list[dict[str, Any]]) -> set[str]:
+    return {(r.get("reference_probe") or {}).get("identity") or "" for r in records}
 
 def _run_summary(path: Path, info: dict[str, Any], why: str = "") -> dict[str, Any]:
     git = info.get("git") or {}
@@ -193,14 +226,12 @@ def compare_runs(baseline: Path, current: Path, options: Options | None = None, 
         matched_on.append("runtime version")
     result = Comparison(_run_summary(baseline, base_info, baseline_why), _run_summary(current, cur_info),
                         options, matched_on)
-    busy_runs = [f"the {side} run ({why})" for side, why in (("baseline", _busy_run(base_records)),
-                                                              ("current", _busy_run(cur_records))) if why]
     base_valid, base_invalid = _index(base_records, options.same_runtime)
     cur_valid, cur_invalid = _index(cur_records, options.same_runtime)
     for key in sorted(set(base_valid) | set(cur_valid), key=lambda k: tuple(map(str, k))):
         base, cur = base_valid.get(key), cur_valid.get(key)
         if base and cur:
-            result.rows.append(_row(base, cur, options, busy_runs))
+            result.rows.append(_row(base, cur, options))
             continue
         present, side, other_invalid = (base, "baseline", cur_invalid) if base else (cur, "current", base_invalid)
         record = present[0]
@@ -228,6 +259,7 @@ def compare_runs(baseline: Path, current: Path, options: Options | None = None, 
         result.unmatched.append({"workload_id": record.get("workload_id"), "where": _label(record),
                                  "fingerprint": _device_key(record), "only_in": "neither (invalid)",
                                  "reason": "; ".join(reasons)})
+    result.drift = machine_drift(base_records, cur_records, options)
     return result
 
 
@@ -242,46 +274,21 @@ def _difference(record: dict[str, Any], counterpart: dict[str, Any], side: str, 
             f"{counterpart.get('runtime_version')} in the {other}); drop --same-runtime to compare them")
 
 
-def _busy_run(records: list[dict[str, Any]]) -> str:
-    """Why a whole run counts as measured on a busy machine ("" if it does not).
-
-    The CPU other processes used is measured per job; a job measured in a quiet moment of
-    a busy run is still suspect (shared caches, memory bandwidth, the hypervisor), so a run
-    in which most jobs saw a busy machine makes all of its comparisons inconclusive.
-    """
-    others = [r["other_cpu_cores"] for r in records if r.get("other_cpu_cores") is not None]
-    busy = [o for o in others if o > BUSY_CORES]
-    if others and len(busy) * 2 >= len(others):
-        return f"{len(busy)} of {len(others)} jobs saw other processes use more than {BUSY_CORES:g} cores"
-    return ""
-
-
-def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options,
-         busy_runs: list[str] | None = None) -> dict[str, Any]:
-    base_samples = [s for r in base for s in (r.get("samples_s") or [])]
-    cur_samples = [s for r in cur for s in (r.get("samples_s") or [])]
-    if base_samples and cur_samples:
-        stats = compare_pair(base_samples, cur_samples, options)
-        base_median, cur_median = _median(base_samples), _median(cur_samples)
-    else:  # summaries only (e.g. a phone's benchmark_model): a ratio, but no test
-        base_median, cur_median = (_median([(r.get("latency") or {}).get("median") for r in side])
-                                   for side in (base, cur))
-        nan = float("nan")
-        stats = {"ratio": cur_median / base_median, "ci_low": nan, "ci_high": nan, "p_value": nan}
+def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options) -> dict[str, Any]:
+    base_values, base_why = invocation_values(base, options.normalize)
+    cur_values, cur_why = invocation_values(cur, options.normalize)
+    estimate = ratio_ci(base_values, cur_values, options.level)
+    result, note = judge(estimate, options)
+    if base_why or cur_why:
+        result, note = "inconclusive", f"{'baseline' if base_why else 'current'}: {base_why or cur_why}"
+    elif options.normalize == "reference" and probe_identities(base) != probe_identities(cur):
+        result, note = "inconclusive", ("the reference probe differs between the runs (another probe kernel, numpy "
+                                        "or Python): its times are not comparable")
     first = cur[0]
-    result = verdict(stats["ratio"], stats["p_value"], options)
     others = [r.get("other_cpu_cores") for r in (*base, *cur) if r.get("other_cpu_cores") is not None]
     busiest = max(others) if others else None
-    note = ""
     if busiest is not None and busiest > BUSY_CORES:
-        note = f"machine busy: other processes used {busiest:.2f} cores"
-    elif busy_runs:
-        note = f"machine busy during {' and '.join(busy_runs)}"
-    if note and result in ("regressed", "improved") and not options.allow_busy:
-        note = f"would be {result}; {note}"
-        result = "inconclusive"
-    elif result == "inconclusive":
-        note = "no raw samples to test"
+        note = "; ".join(filter(None, [note, f"machine busy: other processes used up to {busiest:.2f} cores"]))
     blocks = _block_sizes(base), _block_sizes(cur)
     if blocks[0] != blocks[1]:
         # A sample is the per-call mean of a block: medians over different block sizes are different
@@ -292,16 +299,47 @@ def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options
         result = "inconclusive"
     base_version, cur_version = base[0].get("runtime_version"), first.get("runtime_version")
     runtime = str(cur_version) if base_version == cur_version else f"{base_version} -> {cur_version}"
+    raw_base = [(r.get("latency") or {}).get("median") for r in base]
+    raw_cur = [(r.get("latency") or {}).get("median") for r in cur]
     return {
         "workload_id": first.get("workload_id"), "where": _label(first), "device": first.get("device"),
         "fingerprint": _device_key(first), "backend": first.get("backend"), "threads": first.get("threads"),
         "delegate": first.get("delegate"), "runtime": runtime,
-        "baseline_median_s": base_median, "current_median_s": cur_median,
-        "n_baseline": len(base_samples), "n_current": len(cur_samples),
-        "ratio": stats["ratio"], "change": stats["ratio"] - 1, "ci_low": stats["ci_low"],
-        "ci_high": stats["ci_high"], "p_value": stats["p_value"],
+        "baseline_median_s": _median([v for v in raw_base if v is not None]),
+        "current_median_s": _median([v for v in raw_cur if v is not None]),
+        "n_baseline": estimate.n_baseline, "n_current": estimate.n_current,
+        "ratio": estimate.ratio, "change": estimate.ratio - 1, "ci_low": estimate.ci_low,
+        "ci_high": estimate.ci_high, "p_value": estimate.p_value, "normalized": options.normalize == "reference",
         "verdict": result, "other_cpu_cores": busiest, "note": note,
     }
+
+
+def machine_drift(base_records: list[dict[str, Any]], cur_records: list[dict[str, Any]],
+                  options: Options) -> list[dict[str, Any]]:
+    """Per device: how much slower the machine itself was in the current run (its reference probe).
+
+    Every invocation of every job on a device timed the probe; the ratio compares all of them,
+    the interval treats each invocation's probe as one replicate.
+    """
+    out = []
+    devices = sorted({_device_key(r) for r in cur_records} & {_device_key(r) for r in base_records})
+    for key in devices:
+        sides = []
+        for records in (base_records, cur_records):
+            probes = [r["reference_probe"] for r in records
+                      if _device_key(r) == key and isinstance(r.get("reference_probe"), dict)
+                      and r["reference_probe"].get("median_s")]
+            sides.append(probes)
+        if not sides[0] or not sides[1]:
+            continue
+        identities = {p.get("identity") for p in sides[0]} | {p.get("identity") for p in sides[1]}
+        estimate = ratio_ci([p["median_s"] for p in sides[0]], [p["median_s"] for p in sides[1]], options.level)
+        name = next(r.get("device") for r in cur_records if _device_key(r) == key)
+        out.append({"device": name, "fingerprint": key, "ratio": estimate.ratio, "change": estimate.ratio - 1,
+                    "ci_low": estimate.ci_low, "ci_high": estimate.ci_high, "n_baseline": estimate.n_baseline,
+                    "n_current": estimate.n_current, "comparable": len(identities) == 1,
+                    "probe": sorted(filter(None, identities))})
+    return out
 
 
 def _block_sizes(records: list[dict[str, Any]]) -> list[int]:

@@ -36,6 +36,7 @@ class RatioEstimate:
     n_baseline: int
     n_current: int
     paired: bool = False
+    p_value: float = math.nan  # two-sided, of "no change", from the same t statistic
 
     @property
     def estimable(self) -> bool:
@@ -61,12 +62,13 @@ def ratio_ci(baseline: Sequence[float], current: Sequence[float], level: float =
     var_b, var_c = base.var(ddof=1) / base.size, cur.var(ddof=1) / cur.size
     se = math.sqrt(var_b + var_c)
     if se == 0:
-        return RatioEstimate(math.exp(diff), math.exp(diff), math.exp(diff), level, int(base.size), int(cur.size))
+        return RatioEstimate(math.exp(diff), math.exp(diff), math.exp(diff), level, int(base.size), int(cur.size),
+                             p_value=1.0 if diff == 0 else 0.0)
     # Welch-Satterthwaite degrees of freedom
     dof = (var_b + var_c) ** 2 / (var_b ** 2 / (base.size - 1) + var_c ** 2 / (cur.size - 1))
     half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
     return RatioEstimate(math.exp(diff), math.exp(diff - half), math.exp(diff + half), level,
-                         int(base.size), int(cur.size))
+                         int(base.size), int(cur.size), p_value=float(2 * stats.t.sf(abs(diff) / se, dof)))
 
 
 def paired_ratio_ci(baseline: Sequence[float], current: Sequence[float], level: float = 0.98) -> RatioEstimate:
@@ -85,8 +87,12 @@ def paired_ratio_ci(baseline: Sequence[float], current: Sequence[float], level: 
     if n < 2:
         return RatioEstimate(math.exp(mean), math.nan, math.nan, level, n, n, paired=True)
     se = float(diffs.std(ddof=1)) / math.sqrt(n)
+    if se == 0:
+        return RatioEstimate(math.exp(mean), math.exp(mean), math.exp(mean), level, n, n, paired=True,
+                             p_value=1.0 if mean == 0 else 0.0)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
-    return RatioEstimate(math.exp(mean), math.exp(mean - half), math.exp(mean + half), level, n, n, paired=True)
+    return RatioEstimate(math.exp(mean), math.exp(mean - half), math.exp(mean + half), level, n, n, paired=True,
+                         p_value=float(2 * stats.t.sf(abs(mean) / se, n - 1)))
 
 
 def geometric_mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:

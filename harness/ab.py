@@ -1,0 +1,102 @@
+"""``harness ab``: two candidates on one machine, measured in one run, invocation by invocation.
+
+A nightly job that tests a runtime upgrade should not compare tonight's run with last night's:
+the machine changed too.  As ``asv continuous`` re-measures the baseline beside the candidate,
+an A/B run measures both candidates in the same run, interleaved in randomized rounds
+(``harness.dispatch.schedule``): round r runs every job's r-th invocation on A and on B, in a
+random order, so both share each round's interference.  The comparison then pairs A's and B's
+invocations of a job by round (``paired_ratio_ci``), which cancels what the round shared.
+
+A candidate is a device of devices.yaml, or ``python=PATH``: this host running the runner under
+another interpreter (e.g. a virtualenv with another onnxruntime or ai-edge-litert; the runner is
+self-contained, so any Python with numpy and the runtime will do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from harness.compare.verdicts import Options, judge
+from harness.devices import Device, local_device
+from harness.errors import UserError
+from harness.measure.invocations import paired_ratio_ci
+
+LABELS = ("A", "B")
+
+
+def candidate(spec: str, known: dict[str, Device], label: str) -> Device:
+    """The device a candidate spec names, renamed to its label (A or B) so both can run in one run."""
+    if spec.startswith("python="):
+        python = Path(spec.removeprefix("python=")).expanduser()
+        if not python.exists():
+            raise UserError(f"candidate {label}: {python} does not exist; give the path of a Python interpreter, "
+                            "e.g. python=.venv-new/bin/python")
+        base = local_device()
+        return replace(base, name=label, options={**base.options, "python": str(python)}, source=spec)
+    if spec not in known:
+        raise UserError(f"candidate {label}: unknown device {spec!r}; give a device of the devices file "
+                        f"({', '.join(known) or 'none'}) or python=PATH")
+    return replace(known[spec], name=label, source=f"{spec} ({known[spec].source})")
+
+
+def machines_differ(a: Device, b: Device) -> bool:
+    from harness.dispatch import machine_of
+
+    return machine_of(a) != machine_of(b)
+
+
+def paired_rows(records: list[dict[str, Any]], options: Options) -> list[dict[str, Any]]:
+    """B against A per job (backend, threads, delegate, workload), invocations paired by round."""
+    jobs: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
+    for record in records:
+        if record.get("status") != "ok" or record.get("device") not in LABELS:
+            continue
+        key = (record.get("workload_id"), record.get("backend"), int(record.get("threads") or 0),
+               record.get("requested_delegate") or "")
+        jobs.setdefault(key, {"A": {}, "B": {}})[record["device"]][int(record.get("repeat") or 0)] = record
+    rows = []
+    for (workload_id, backend, threads, delegate), sides in sorted(jobs.items(), key=lambda kv: tuple(map(str,
+                                                                                                    kv[0]))):
+        rounds = sorted(set(sides["A"]) & set(sides["B"]))
+        a = [_value(sides["A"][r], options.normalize) for r in rounds]
+        b = [_value(sides["B"][r], options.normalize) for r in rounds]
+        usable = [(x, y) for x, y in zip(a, b, strict=True) if x and y]
+        estimate = paired_ratio_ci([x for x, _ in usable], [y for _, y in usable], options.level)
+        verdict, note = judge(estimate, options)
+        if options.normalize == "reference" and len(usable) < len(rounds):
+            verdict, note = "inconclusive", "some invocations have no reference probe: cannot normalise"
+        first = next(iter(sides["B"].values()), None) or next(iter(sides["A"].values()))
+        version_a = next(iter(sides["A"].values()), {}).get("runtime_version")
+        version_b = next(iter(sides["B"].values()), {}).get("runtime_version")
+        rows.append({
+            "workload_id": workload_id, "where": f"{backend}{'/' + delegate if delegate else ''}/t{threads}",
+            "backend": backend, "threads": threads, "delegate": delegate or None,
+            "runtime": str(version_b) if version_a == version_b else f"{version_a} -> {version_b}",
+            "device": first.get("device"), "fingerprint": "",
+            "baseline_median_s": _median([(sides["A"][r].get("latency") or {}).get("median") for r in rounds]),
+            "current_median_s": _median([(sides["B"][r].get("latency") or {}).get("median") for r in rounds]),
+            "n_baseline": estimate.n_baseline, "n_current": estimate.n_current,
+            "ratio": estimate.ratio, "change": estimate.ratio - 1, "ci_low": estimate.ci_low,
+            "ci_high": estimate.ci_high, "p_value": estimate.p_value, "normalized": options.normalize == "reference",
+            "verdict": verdict, "note": note or ("" if rounds else "measured on one side only"),
+        })
+    return rows
+
+
+def _value(record: dict[str, Any], normalize: str) -> float | None:
+    median = (record.get("latency") or {}).get("median")
+    if median is None:
+        return None
+    if normalize == "reference":
+        probe = (record.get("reference_probe") or {}).get("median_s")
+        return median / probe if probe else None
+    return float(median)
+
+
+def _median(values: list[Any]) -> float:
+    import numpy as np
+
+    present = [v for v in values if v is not None]
+    return float(np.median(present)) if present else float("nan")
