@@ -143,3 +143,12 @@ def test_robust_noise_ignores_a_step():
     values[100:] *= 1.5
     assert robust_noise(values) == pytest.approx(0.02, rel=0.2)
     assert math.isnan(robust_noise([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_staircase_of_two_steps_is_two_steps_not_a_creep(seed):
+    values = noise_series(300 + seed, 32, 0.006)
+    values[12:] *= 1.08
+    values[20:] *= 1.10
+    found = detect(values)
+    assert [(c.kind, c.index) for c in found] == [("step", 12), ("step", 20)], [c.describe() for c in found]

@@ -115,17 +115,34 @@ def detect(values: Sequence[float], run_ids: Sequence[str] | None = None, noise:
     if n < 2 * MIN_STEP_RUNS or float(np.ptp(y)) == 0.0:
         return []
     weights = _weights(noise, kept)
+    mixed = _select(y, weights, ("step", "creep"), alpha, permutations, seed, max_changes)
+    if not mixed:  # the global test: no term of either kind is significant
+        return []
+    # Greedy selection can take a staircase of steps for one long creep; steps alone may explain the
+    # series better.  Of the two selections, keep the one with the better penalised fit (BIC).
+    steps = _select(y, weights, ("step",), alpha, permutations, seed, max_changes)
+    terms = steps if steps and _bic(y, weights, steps) <= _bic(y, weights, mixed) else mixed
+    return _report(raw, kept, y, weights, terms, run_ids, started_at, min_change)
+
+
+def _select(y: np.ndarray, weights: np.ndarray, kinds: tuple[str, ...], alpha: float, permutations: int,
+            seed: int, max_changes: int) -> list[_Term]:
+    """Forward selection of terms of these kinds while the next one is significant, then refined."""
     terms: list[_Term] = []
     rng = np.random.default_rng(seed)
     for _ in range(max_changes):
-        found = _best_term(y, weights, terms, permutations, rng)
+        found = _best_term(y, weights, terms, permutations, rng, kinds)
         if found is None or found.p_value >= alpha:
             break
         terms.append(found)
-    if not terms:
-        return []
-    terms = _refine(y, weights, terms)
-    return _report(raw, kept, y, weights, terms, run_ids, started_at, min_change)
+    return _refine(y, weights, terms) if terms else []
+
+
+def _bic(y: np.ndarray, weights: np.ndarray, terms: Sequence[_Term]) -> float:
+    """Bayesian information criterion of a model; each term costs two parameters (where, how much)."""
+    n = y.size
+    rss = max(_rss(y, weights, terms), 1e-300)
+    return n * math.log(rss / n) + (1 + 2 * len(terms)) * math.log(n)
 
 
 def _weights(noise: Sequence[float] | None, kept: np.ndarray) -> np.ndarray:
@@ -170,9 +187,9 @@ def _fit(y: np.ndarray, weights: np.ndarray, design: np.ndarray) -> tuple[np.nda
 
 
 def _best_term(y: np.ndarray, weights: np.ndarray, terms: list[_Term], permutations: int,
-               rng: np.random.Generator) -> _Term | None:
+               rng: np.random.Generator, kinds: tuple[str, ...]) -> _Term | None:
     n = y.size
-    candidates = [(kind, at) for kind in ("step", "creep") for at in range(1, n) if _allowed(kind, at, n, terms)]
+    candidates = [(kind, at) for kind in kinds for at in range(1, n) if _allowed(kind, at, n, terms)]
     if not candidates:
         return None
     design = _design(n, terms) * weights[:, None]
