@@ -375,16 +375,52 @@ def _print_run_summary(run_path: Path) -> None:
 @click.option("--seconds", type=float, default=3.0, show_default=True, help="Timed seconds per agreement side.")
 @click.option("--rounds", type=int, default=2, show_default=True, help="A/B rounds per agreement pair.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
-def selftest_command(parts: str, seconds: float, rounds: int, json_path: Path | None) -> None:
+@click.option("--gate", is_flag=True,
+              help="Instead: calibrate the regression gate on this machine (A/A false regressions, conclusive "
+                   "share, detection of real 2/5/10/20% slowdowns); exit 1 if it misses its goals.")
+@click.option("--gate-comparisons", type=click.IntRange(min=4), default=100, show_default=True,
+              help="A/A comparisons to make (--gate).")
+@click.option("--gate-slowdown-runs", type=click.IntRange(min=0), default=12, show_default=True,
+              help="Slowed runs, cycling through 2, 5, 10, 20% (--gate).")
+@click.option("--gate-repeats", type=click.IntRange(min=2), default=DEFAULT_REPEATS, show_default=True,
+              help="Invocations per job in each calibration run (--gate).")
+@click.option("--gate-backend", default="onnxruntime", show_default=True, help="Backend measured (--gate).")
+@click.option("--gate-load", is_flag=True, help="Keep a second process spinning on one core meanwhile (--gate).")
+@click.option("--gate-results", type=click.Path(path_type=Path), default=None,
+              help="Keep the calibration's runs in this results directory (default: a temporary one).")
+def selftest_command(parts: str, seconds: float, rounds: int, json_path: Path | None, gate: bool,
+                     gate_comparisons: int, gate_slowdown_runs: int, gate_repeats: int, gate_backend: str,
+                     gate_load: bool, gate_results: Path | None) -> None:
     """Benchmark the instrument: each figure against an independent reference.
 
     Latency vs torch's blocked_autorange / bare loops / timeit, peak memory vs a fresh process
     that loads the model alone, energy vs a constant-power sysfs sensor; loop overhead, wall time,
-    adaptive stopping.
+    adaptive stopping.  With --gate: the regression gate's error rates on this machine.
     """
     import tempfile
 
     from harness.selftest import PARTS, run_selftest
+
+    if gate:
+        from harness import plan
+        from harness.selftest_gate import GateSettings, calibrate, report_lines
+
+        plan.validate_backends([gate_backend])
+        settings = GateSettings(backend=gate_backend, repeats=gate_repeats, comparisons=gate_comparisons,
+                                slowdown_runs=gate_slowdown_runs, load=gate_load)
+        with tempfile.TemporaryDirectory(prefix="convbench-gate-") as scratch:
+            result = calibrate(settings, _writable_results_dir(gate_results) if gate_results else Path(scratch),
+                               click.echo)
+        summary = result.summary()
+        for line in report_lines(summary, settings):
+            click.echo(line)
+        if json_path:
+            json_path.write_text(json.dumps({"settings": result.settings, "summary": summary, "aa": result.aa,
+                                             "slowed": result.slowed}, indent=2, default=str))
+        met = summary["false_regression_rate"] <= 0.01 and summary["conclusive_rate"] >= 0.8
+        tenth = summary["detection"].get("10%")
+        met = met and (tenth is None or tenth["rate"] >= 0.9)
+        sys.exit(0 if met else 1)
 
     chosen = [p.strip() for p in parts.split(",") if p.strip()]
     valid = set(PARTS)
