@@ -261,7 +261,8 @@ def trend_figure(ok: Any, workload_id: str, path: Path, series: list[Series] | N
                 continue
             ax.axvline(at, color=line.get_color(), linestyle="--", linewidth=1, alpha=0.8)
             ax.annotate(f"{_marker(point)}", xy=(at, 0.98), xycoords=("data", "axes fraction"), rotation=90,
-                        va="top", ha="right", fontsize=8, color=line.get_color())
+                        va="top", ha="right", fontsize=8, color=line.get_color(),
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
             if probe_ax is not None:
                 probe_ax.axvline(at, color=line.get_color(), linestyle="--", linewidth=1, alpha=0.5)
     title = "median latency / reference probe per run" if normalized else "median latency per run"
