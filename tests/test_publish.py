@@ -31,7 +31,6 @@ from tests.test_report import browser  # noqa: F401  (the DevTools fixture)
 if "publish" not in main.commands:  # until harness/cli.py registers the module itself
     register(main)
 
-DATA = Path(__file__).parent / "data" / "runs"
 STEPPED, FLAT = "conv-standard-M32-N64-k3-x28-s1", "conv-separable-M32-N64-k3-x28-s1"
 NIGHTS, DEVICE_SLOWDOWN_NIGHT, STEP_NIGHT = 32, 12, 20
 SMALL = "conv-pointwise-M8-N8-k1-x8-s1"
@@ -48,8 +47,12 @@ def night_id(night: int) -> str:
     return f"{(dt.datetime(2026, 10, 1) + dt.timedelta(days=night)):%Y%m%d}T020000Z-{night:06x}"
 
 
-def write_history(root: Path, nights: int = NIGHTS, seed: int = 0, probes: bool = True) -> list[str]:
-    """A nightly store: STEPPED steps +10% at STEP_NIGHT, the device (and probe) +8% at DEVICE_SLOWDOWN_NIGHT."""
+def write_history(root: Path, nights: int = NIGHTS, seed: int = 0, invocations: int | None = 3) -> list[str]:
+    """A nightly store: STEPPED steps +10% at STEP_NIGHT, the device (and probe) +8% at DEVICE_SLOWDOWN_NIGHT.
+
+    ``invocations=None`` writes records as convbench did before invocations: one per job, with
+    neither ``repeat`` nor a reference probe.
+    """
     rng = np.random.default_rng(seed)
     ids = []
     for night in range(nights):
@@ -60,15 +63,16 @@ def write_history(root: Path, nights: int = NIGHTS, seed: int = 0, probes: bool 
         device = 1.08 if night >= DEVICE_SLOWDOWN_NIGHT else 1.0
         for workload, base in ((STEPPED, 0.004), (FLAT, 0.001)):
             level = base * device * (1.10 if workload == STEPPED and night >= STEP_NIGHT else 1.0)
-            for repeat in range(3):
+            for repeat in range(invocations or 1):
                 median = level * float(np.exp(rng.normal(0, 0.01)))
                 samples = sorted(median * float(np.exp(e)) for e in rng.normal(0, 0.005, 9))
                 record = {"job_id": f"local/onnxruntime/t1/{workload}#{repeat}", "workload_id": workload,
                           "device": "local", "transport": "local", "backend": "onnxruntime", "threads": 1,
                           "delegate": "CPUExecutionProvider", "runtime_version": "1.20.0", "status": "ok",
-                          "repeat": repeat, "repeats": 3, "samples_s": samples, "device_fingerprint": FINGERPRINT,
+                          "samples_s": samples, "device_fingerprint": FINGERPRINT,
                           "latency": {"n": 9, "median": median, "ci_low": samples[2], "ci_high": samples[6]}}
-                if probes:
+                if invocations:
+                    record.update(repeat=repeat, repeats=invocations)
                     record["reference_probe"] = {"kernel": "test kernel",
                                                  "median_s": 0.01 * device * float(np.exp(rng.normal(0, 0.004)))}
                 writer.append(record)
@@ -138,23 +142,28 @@ def test_history_all_prints_only_change_points_and_exits_0(nightly, tmp_path):
     assert empty.exit_code == 0 and "no runs in" in empty.output
 
 
-def test_history_usage_errors(nightly):
+def test_history_usage_errors(nightly, tmp_path):
     root, _ = nightly
     neither = invoke("history", results=root)
     assert neither.exit_code == 2 and "--workload ID" in neither.output and "--all" in neither.output
     both = invoke("history", "--all", "--workload", STEPPED, results=root)
     assert both.exit_code == 2 and "leave out --workload" in both.output
-    no_probe = invoke("history", "--workload", "conv-standard-M32-N64-k3-x28-s1", "--normalize", "reference",
-                      "--no-figure", results=DATA)
+    old = tmp_path / "old"
+    write_history(old, nights=3, invocations=None)
+    no_probe = invoke("history", "--workload", STEPPED, "--normalize", "reference", "--no-figure", results=old)
     assert no_probe.exit_code == 2 and "measured the reference probe" in no_probe.output
 
 
 def test_old_runs_without_invocations_keep_their_history(tmp_path):
-    result = invoke("history", "--workload", "conv-standard-M32-N64-k3-x28-s1", "--backend", "onnxruntime",
-                    "--threads", "1", "--no-figure", "--json", results=DATA)
+    root = tmp_path / "old"
+    write_history(root, nights=24, invocations=None)
+    result = invoke("history", "--workload", STEPPED, "--backend", "onnxruntime", "--threads", "1", "--no-figure",
+                    "--json", results=root)
     data = json.loads(result.output)
-    assert [r["invocations"] for r in data["runs"]] == [1, 1, 1]
-    assert data["runs"][2]["change_vs_previous"] == pytest.approx(0.2) and data["change_points"] == []
+    assert [r["invocations"] for r in data["runs"]] == [1] * 24 and all(r["probe_s"] is None for r in data["runs"])
+    assert data["runs"][1]["change_vs_previous"] == pytest.approx(data["runs"][1]["median_s"]
+                                                                  / data["runs"][0]["median_s"] - 1)
+    assert [p["index"] for p in data["change_points"]] == [DEVICE_SLOWDOWN_NIGHT, STEP_NIGHT]
 
 
 # ---------------------------------------------------------------- publish
