@@ -1,9 +1,9 @@
 """`harness compare`, baselines and `harness history`.
 
 Exact verdicts on the hand-made runs B (baseline) and C (current) of tests/data/runs
-(see make_runs.py), then calibration with the real runner: two runs of the same
-configuration (A/A) must not regress, a run with an injected slowdown (the runner
-busy-waits a fixed fraction of every timed iteration) must.
+(see make_runs.py: five invocations per job), then calibration with the real runner: two
+runs of the same configuration (A/A) must not regress, whatever they measured, and a run
+with a real slowdown (the runner spins a fixed fraction of every timed iteration) must.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -50,20 +51,85 @@ def test_verdicts_on_hand_made_runs():
     assert rows["mobilenet_v1-0.25-128"]["ratio"] == pytest.approx(0.80)
     assert rows["mobilenet_v1-0.25-128"]["verdict"] == "improved"
     same = rows["conv-separable-M32-N64-k3-x28-s1"]
-    assert same["ratio"] == 1.0 and same["p_value"] == pytest.approx(1.0) and same["verdict"] == "unchanged"
-    # +3%: highly significant with 200 samples a side, but under the 5% threshold
+    assert same["ratio"] == pytest.approx(1.0) and same["p_value"] == pytest.approx(1.0)
+    assert same["verdict"] == "unchanged"
+    # The unit is the invocation: 5 a side, whatever the 40 samples inside each.
+    assert {(r["n_baseline"], r["n_current"]) for r in result.rows} == {(5, 5)}
+    # +3%: significant over 5 tight invocations a side, but the interval stays within the 5% threshold
     small = rows["mobilenet_v2-0.35-96"]
-    assert small["ratio"] == pytest.approx(1.03) and small["p_value"] < 1e-10 and small["verdict"] == "unchanged"
-    # +10% on 7 widely spread samples: above the threshold, but not significant
+    assert small["ratio"] == pytest.approx(1.03) and small["p_value"] < 0.01 and small["verdict"] == "unchanged"
+    assert 1.0 < small["ci_low"] and small["ci_high"] < 1.05
+    # +10% over widely spread invocations: the interval neither excludes 1 nor rules out 5%
     noisy = rows["mobilenet_v1_conv-0.25-128"]
-    assert noisy["ratio"] == pytest.approx(1.10) and noisy["p_value"] > 0.5 and noisy["verdict"] == "unchanged"
+    assert noisy["ratio"] > 1.05 and noisy["p_value"] > 0.5 and noisy["verdict"] == "inconclusive"
+    assert noisy["ci_low"] < 1 < 1.05 < noisy["ci_high"] and "reaches beyond" in noisy["note"]
     for row in result.rows:
         assert row["ci_low"] <= row["ratio"] <= row["ci_high"]
     assert result.exit_code == 1
-    # A lower threshold turns the significant +3% into a regression; the noisy +10% stays unchanged.
+    # A lower threshold turns the significant +3% into a regression; the noisy +10% stays inconclusive.
     strict = rows_by_workload(cmp.compare_runs(B, C, cmp.Options(threshold=0.02)))
     assert strict["mobilenet_v2-0.35-96"]["verdict"] == "regressed"
-    assert strict["mobilenet_v1_conv-0.25-128"]["verdict"] == "unchanged"
+    assert strict["mobilenet_v1_conv-0.25-128"]["verdict"] == "inconclusive"
+
+
+def rewrite(run: Path, to: Path, change: Any) -> Path:
+    """A copy of a run with ``change(record)`` applied to every record."""
+    shutil.copytree(run, to)
+    records = [json.loads(line) for line in (to / "measurements.jsonl").read_text().splitlines()]
+    for record in records:
+        change(record)
+    (to / "measurements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return to
+
+
+def test_one_invocation_a_side_gives_no_verdict(tmp_path):
+    def keep_first(record: dict) -> None:
+        if record.get("repeat", 0) != 0:
+            record["status"] = "drop"
+
+    first_only = rewrite(C, tmp_path / C.name, keep_first)
+    lines = [line for line in (first_only / "measurements.jsonl").read_text().splitlines() if '"drop"' not in line]
+    (first_only / "measurements.jsonl").write_text("\n".join(lines) + "\n")
+    result = cmp.compare_runs(B, first_only)
+    regressed = rows_by_workload(result)["conv-standard-M32-N64-k3-x28-s1"]
+    assert regressed["ratio"] == pytest.approx(1.20 * 0.99, rel=1e-3)  # its first invocation against all five
+    assert regressed["verdict"] == "inconclusive" and "at least 2 a side" in regressed["note"]
+    assert any("single invocation" in w for w in result.warnings())
+
+
+def test_machine_drift_is_reported_and_normalised_away(tmp_path):
+    """Tonight the machine is 10% slower (its reference probe too): raw, everything regressed; normalised, not."""
+    def slower_machine(record: dict) -> None:
+        if record.get("status") != "ok":
+            return
+        record["latency"]["median"] *= 1.10
+        record["reference_probe"]["median_s"] *= 1.10
+
+    slow = rewrite(C, tmp_path / C.name, slower_machine)
+    raw = cmp.compare_runs(B, slow)
+    assert rows_by_workload(raw)["conv-separable-M32-N64-k3-x28-s1"]["verdict"] == "regressed"
+    [drift] = raw.drift
+    assert drift["device"] == "local" and drift["change"] == pytest.approx(0.10) and drift["comparable"]
+    assert "took +10.0% (10.0% slower" in cmp.drift_lines(raw)[0]
+    normalised = cmp.compare_runs(B, slow, cmp.Options(normalize="reference"))
+    rows = rows_by_workload(normalised)
+    assert rows["conv-separable-M32-N64-k3-x28-s1"]["verdict"] == "unchanged"
+    assert rows["conv-separable-M32-N64-k3-x28-s1"]["ratio"] == pytest.approx(1.0)
+    assert rows["conv-standard-M32-N64-k3-x28-s1"]["ratio"] == pytest.approx(1.20)
+    assert rows["conv-standard-M32-N64-k3-x28-s1"]["verdict"] == "regressed"
+    assert "relative to it" in cmp.drift_lines(normalised)[0]
+    # Another probe (numpy upgraded) is not the machine alone: no normalised verdict.
+    def other_probe(record: dict) -> None:
+        if record.get("reference_probe"):
+            record["reference_probe"]["identity"] = "numpy sgemm ... | numpy 3.0 | python 3.11.7"
+
+    upgraded = rewrite(C, tmp_path / "upgraded", other_probe)
+    rows = rows_by_workload(cmp.compare_runs(B, upgraded, cmp.Options(normalize="reference")))
+    assert {r["verdict"] for r in rows.values()} == {"inconclusive"}
+    assert "reference probe differs" in rows["conv-standard-M32-N64-k3-x28-s1"]["note"]
+    shutil.copytree(B, tmp_path / B.name)
+    cli = invoke("compare", B.name, slow.name, "--normalize", "reference", "--json", results=tmp_path)
+    assert json.loads(cli.output)["normalize"] == "reference" and json.loads(cli.output)["drift"], cli.output
 
 
 def test_unmatched_measurements_are_listed_with_reasons():
@@ -112,11 +178,14 @@ def test_other_hardware_is_not_matched(tmp_path):
 def test_cli_exit_codes_json_and_markdown(results):
     table = invoke("compare", B.name, C.name, results=results)
     assert table.exit_code == 1, table.output
-    assert "regressed" in table.output and "1 regressed, 1 improved, 3 unchanged, 3 unmatched" in table.output
+    assert "regressed" in table.output
+    assert "1 regressed, 1 improved, 2 unchanged, 1 inconclusive, 3 unmatched" in table.output
+    assert "machine local: the reference probe took +0.0%" in table.output
     as_json = invoke("compare", B.name, C.name, "--json", results=results)
     data = json.loads(as_json.output)
     assert as_json.exit_code == 1 and data["exit_code"] == 1
-    assert data["counts"] == {"regressed": 1, "improved": 1, "unchanged": 3, "inconclusive": 0, "unmatched": 3}
+    assert data["counts"] == {"regressed": 1, "improved": 1, "unchanged": 2, "inconclusive": 1, "unmatched": 3}
+    assert data["unit"].startswith("invocation") and data["confidence_level"] == pytest.approx(0.98)
     assert data["runtime_version"].startswith("not required")
     assert "device fingerprint" in data["matched_on"] and "threads" in data["matched_on"]
     as_markdown = invoke("compare", B.name, C.name, "--markdown", results=results)
@@ -126,6 +195,8 @@ def test_cli_exit_codes_json_and_markdown(results):
     assert relaxed.exit_code == 0, relaxed.output
     improved_only = invoke("compare", C.name, B.name, "--threshold", "0.19", "--json", results=results)
     assert json.loads(improved_only.output)["counts"]["regressed"] == 1  # v1: 1.6 -> 2.0 ms is +25%
+    old_script = invoke("compare", B.name, C.name, "--allow-busy", results=results)  # accepted, changes nothing
+    assert old_script.exit_code == 1 and "1 regressed, 1 improved" in old_script.output
 
 
 @pytest.mark.parametrize("args, message", [
@@ -179,50 +250,28 @@ def test_history_table_json_and_figure(results, tmp_path):
     assert unknown.exit_code == 2 and "never measured" in unknown.output
 
 
-def test_busy_machine_makes_a_verdict_inconclusive(tmp_path):
-    busy = tmp_path / C.name
-    shutil.copytree(C, busy)
-    records = [json.loads(line) for line in (busy / "measurements.jsonl").read_text().splitlines()]
-    for record in records:
+def test_a_busy_machine_is_noted_not_silenced(tmp_path):
+    """The interval over invocations carries the noise: a busy machine no longer voids the verdict."""
+    def busy(record: dict) -> None:
         record["other_cpu_cores"] = 1.2 if record["workload_id"] == "conv-standard-M32-N64-k3-x28-s1" else 0.01
-    (busy / "measurements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    row = rows_by_workload(cmp.compare_runs(B, busy))["conv-standard-M32-N64-k3-x28-s1"]
-    assert row["verdict"] == "inconclusive" and row["ratio"] == pytest.approx(1.2)
-    assert row["note"] == "would be regressed; machine busy: other processes used 1.20 cores"
-    assert cmp.compare_runs(B, busy).exit_code == 0
-    forced = rows_by_workload(cmp.compare_runs(B, busy, cmp.Options(allow_busy=True)))
-    assert forced["conv-standard-M32-N64-k3-x28-s1"]["verdict"] == "regressed"
-    assert forced["mobilenet_v1-0.25-128"]["verdict"] == "improved"  # 0.01 cores: quiet
-    # A job measured in a quiet moment of a mostly busy run is suspect too.
-    for record in records:
-        record["other_cpu_cores"] = 0.1 if record["workload_id"] == "conv-standard-M32-N64-k3-x28-s1" else 0.8
-    (busy / "measurements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    row = rows_by_workload(cmp.compare_runs(B, busy))["conv-standard-M32-N64-k3-x28-s1"]
-    assert row["verdict"] == "inconclusive"
-    assert row["note"] == ("would be regressed; machine busy during the current run (6 of 8 jobs saw other "
-                           "processes use more than 0.25 cores)")
+
+    row = rows_by_workload(cmp.compare_runs(B, rewrite(C, tmp_path / C.name, busy)))[
+        "conv-standard-M32-N64-k3-x28-s1"]
+    assert row["verdict"] == "regressed" and row["note"] == "machine busy: other processes used up to 1.20 cores"
 
 
 # ---------------------------------------------------------------- calibration with the real runner
-# Two layers of about 0.3 and 0.08 ms with onnxruntime, 0.25 s each, measured as four short
-# real runs back to back: A1, A2, S (the runner busy-waits SLOWDOWN of every timed
-# iteration) and A3.
+# Two layers of about 13 and 2.7 ms with onnxruntime, each run with 5 invocations per job
+# (short ones: 0.25 s timed), as three real runs back to back: A1, A2 and S (the runner spins
+# SLOWDOWN of every timed iteration: real extra work inside the timed call).
 #
-# A/A (A1 vs A2) is the gate exactly as shipped: never a regression.  On a quiet machine
-# every verdict must be "unchanged"; on a busy one (the runner measures the CPU other
-# processes use) "inconclusive" is the right answer too.
-#
-# The slowdown must be flagged by the statistics (A2 vs S).  A shared or virtual machine
-# can change speed by tens of percent from one second to the next without any process
-# to blame (the hypervisor), so a try counts only when A1, A2 and A3 (which bracket S)
-# agree pairwise and S agrees with a repeat S', all within STABLE; without such a quadruple in ATTEMPTS tries both tests
-# skip with the measured drifts (machine noise is not a missing component).  How small
-# a slowdown is caught is measured separately (see the
-# issue-5 notes); this test proves the mechanism end to end.
-CALIBRATION_WORKLOADS = ["conv-standard-M32-N64-k3-x28-s1", "conv-separable-M32-N64-k3-x28-s1"]
-SLOWDOWN = 0.50
-STABLE = 0.05
-ATTEMPTS = 8
+# A/A (A1 vs A2) is the gate exactly as shipped, whatever the two runs measured: never a
+# regression.  `harness selftest --gate` measured the false-regression rate of these settings
+# on this project's 2-core VMs at well under 1% (README, "Nightly regression gate"), and a 20%
+# slowdown detected every time, so the slowdown test uses 20%.
+CALIBRATION_WORKLOADS = ["conv-standard-M32-N64-k3-x112-s1", "conv-separable-M32-N64-k3-x112-s1"]
+SLOWDOWN = 0.20
+REPEATS = 5
 
 
 def measure(results_dir: Path, slowdown: float) -> Path:
@@ -235,91 +284,42 @@ def measure(results_dir: Path, slowdown: float) -> Path:
     if BACKENDS["onnxruntime"].missing_modules(runs_on_host=True):
         pytest.skip("onnxruntime is not installed (pip install 'convbench[onnx]')")
     device = local_device()
-    jobs = plan.make_jobs([device], plan.Selection(CALIBRATION_WORKLOADS, ["onnxruntime"], [1]))
-    policy = TimingPolicy(warmup_seconds=0.1, min_seconds=0.25, max_seconds=0.25, slowdown_fraction=slowdown)
-    outcome = execute(plan.RunRequest([device], jobs, policy, results_dir, CALIBRATION_WORKLOADS))
+    jobs = plan.make_jobs([device], plan.Selection(CALIBRATION_WORKLOADS, ["onnxruntime"], [1], REPEATS))
+    policy = TimingPolicy(warmup_seconds=0.1, min_seconds=0.25, max_seconds=0.5, slowdown_fraction=slowdown)
+    outcome = execute(plan.RunRequest([device], jobs, policy, results_dir, CALIBRATION_WORKLOADS,
+                                      repeats=REPEATS))
     assert outcome.status == "complete" and all(r["status"] == "ok" for r in outcome.records), outcome.records
     return outcome.path
 
 
-def drift(first: Path, last: Path) -> float:
-    """Largest relative change of a job's median between two runs of one configuration."""
-    from harness.store import read_run
-
-    medians = [{r["workload_id"]: r["latency"]["median"] for r in read_run(run)[1]} for run in (first, last)]
-    return max(abs(medians[1][w] / medians[0][w] - 1) for w in medians[0])
-
-
-def busiest(*runs: Path) -> float:
-    from harness.store import read_run
-
-    return max((r.get("other_cpu_cores") or 0.0) for run in runs for r in read_run(run)[1])
-
-
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory):
-    """(results dir, A1, A2, S, A3, drifts of every try) ending with the first stable try.
-
-    Each try runs A1, A2, S, S', A3; S' only checks that S was measured on a steady machine.
-    """
-    drifts = []
-    for _ in range(ATTEMPTS):
-        root = tmp_path_factory.mktemp("calibration")
-        a1, a2, slowed, slowed_again, a3 = (measure(root, slowdown)
-                                            for slowdown in (0.0, 0.0, SLOWDOWN, SLOWDOWN, 0.0))
-        # Stable means the three unslowed runs agree pairwise, so A1 vs A2 is a true A/A,
-        # and the two slowed runs agree, so S did not land in a burst of hypervisor noise.
-        drifts.append(max(drift(a1, a2), drift(a1, a3), drift(a2, a3), drift(slowed, slowed_again)))
-        if drifts[-1] <= STABLE:
-            break
-    return root, a1, a2, slowed, a3, drifts
-
-
-def require_stable(drifts: list[float]) -> None:
-    # Not a missing component but a machine that cannot hold still (hypervisor): neither
-    # verdict would mean anything, so the test cannot decide and says so, in CI too.
-    if drifts[-1] > STABLE:
-        pytest.skip(f"this machine's speed does not hold still: identical runs 3 s apart differed by "
-                    f"{', '.join(f'{d:.0%}' for d in drifts)} in {len(drifts)} tries (limit {STABLE:.0%})")
+    root = tmp_path_factory.mktemp("calibration")
+    return root, measure(root, 0.0), measure(root, 0.0), measure(root, SLOWDOWN)
 
 
 @pytest.mark.slow
 def test_a_a_same_configuration_does_not_regress(real_runs):
-    from harness.records import BUSY_CORES
-
-    root, first, second, _, _, drifts = real_runs
-    require_stable(drifts)
+    root, first, second, _ = real_runs
     result = cmp.compare_runs(first, second)
     assert len(result.rows) == 2 and not result.unmatched
-    assert all(r["n_baseline"] > 100 and r["n_current"] > 100 for r in result.rows)
+    assert all(r["n_baseline"] == REPEATS and r["n_current"] == REPEATS for r in result.rows)
     assert result.count("regressed") == 0 and result.exit_code == 0, cmp.markdown(result)
-    if busiest(first, second) <= BUSY_CORES:
-        assert [r["verdict"] for r in result.rows] == ["unchanged", "unchanged"], cmp.markdown(result)
-    else:
-        assert all(r["verdict"] == "unchanged" or r["note"].startswith("would be") for r in result.rows)
     gate = invoke("compare", first.name, second.name, results=root)
     assert gate.exit_code == 0, gate.output
+    assert "machine local: the reference probe took" in gate.output
 
 
 @pytest.mark.slow
-def test_injected_slowdown_is_flagged(real_runs):
-    from harness.records import BUSY_CORES
-
-    root, _, second, slowed, _, drifts = real_runs
-    require_stable(drifts)
-    # The statistics alone (--allow-busy).
-    result = cmp.compare_runs(second, slowed, cmp.Options(allow_busy=True))
+def test_real_slowdown_is_flagged(real_runs):
+    root, _, second, slowed = real_runs
+    result = cmp.compare_runs(second, slowed)
     assert [r["verdict"] for r in result.rows] == ["regressed", "regressed"], cmp.markdown(result)
-    for row in result.rows:  # the runner's 50% shows up as 50%, give or take the drift
-        assert 1 + SLOWDOWN - 0.25 < row["ratio"] < 1 + SLOWDOWN + 0.25, row
-        assert row["p_value"] < 1e-6 and row["ci_low"] > 1.0
-    # The gate as a nightly runs it: exit 1, unless other processes made the runs unreliable.
+    for row in result.rows:  # the runner's 20% shows up as 20%, give or take the machine's drift
+        assert 1 + SLOWDOWN - 0.1 < row["ratio"] < 1 + SLOWDOWN + 0.1, row
+        assert row["ci_low"] > 1.0
     gate = invoke("compare", second.name, slowed.name, "--markdown", results=root)
-    if busiest(second, slowed) <= BUSY_CORES:
-        assert gate.exit_code == 1 and gate.output.startswith("### :x: convbench: 2 regressed"), gate.output
-    else:
-        assert gate.exit_code == 0 and "2 inconclusive" in gate.output, gate.output
-    assert invoke("compare", second.name, slowed.name, "--allow-busy", results=root).exit_code == 1
+    assert gate.exit_code == 1 and gate.output.startswith("### :x: convbench: 2 regressed"), gate.output
     # The other way round it is an improvement, which never fails the gate.
-    back = invoke("compare", slowed.name, second.name, "--allow-busy", "--json", results=root)
+    back = invoke("compare", slowed.name, second.name, "--json", results=root)
     assert back.exit_code == 0 and json.loads(back.output)["counts"]["improved"] == 2, back.output

@@ -7,9 +7,11 @@ Every latency sample is chosen by hand so tests can assert exact answers:
   6.0 / 1.0 ms, v1-0.25-128 2.0 ms (4 mJ), its twin 10.0 ms, v2-0.35-96 1.5 ms.
   local/tflite: N64 standard 3.0 ms with the separable one invalid (output mismatch), N32
   pair 2.0 / 0.5 ms, v1 2.5 ms, twin not exported (error), v2 1.0 ms.
-* ``20260102T000000Z-bbbbbb`` (baseline) and ``20260103T000000Z-cccccc`` (current):
-  200 samples ``median * (1 + 0.02 u)``, u a permutation of -1.00 ... 0.99; the current
-  samples are the baseline's scaled by a known factor (see CURRENT_SCALE).
+* ``20260102T000000Z-bbbbbb`` (baseline) and ``20260103T000000Z-cccccc`` (current): each
+  job measured in 5 invocations (``repeat`` 0-4), invocation i with 40 samples
+  ``median * (1 + 0.01 v_i) * (1 + 0.02 u)``, v = -1, -0.5, 0, 0.5, 1 and u a permutation of
+  -1.00 ... 0.95; the current invocations are the baseline's scaled by a known factor (see
+  CURRENT_SCALE).  Every invocation carries a reference probe of 5 ms (equal in both runs).
 
 Usage: python tests/data/runs/make_runs.py
 """
@@ -111,24 +113,40 @@ CURRENT_SCALE = {"conv-standard-M32-N64-k3-x28-s1": 1.20,  # regressed
                  "conv-standard-M32-N32-k3-x56-s1": None}  # error in the current run
 
 
+INVOCATION_SPREAD = [-1.0, -0.5, 0.0, 0.5, 1.0]
+PROBE = {"kernel": "numpy sgemm 320x320x320 + 16 MiB float32 copy (v1)", "median_s": 0.005,
+         "identity": "numpy sgemm 320x320x320 + 16 MiB float32 copy (v1) | numpy 2.4.6 | python 3.11.7"}
+
+
+def invocations(run_id: str, workload_id: str, invocation_medians_ms: list[float], threads: int = 1) -> list[dict]:
+    """One record per invocation of a job, each with 40 samples around its median."""
+    u = [((i * 7919) % 40) / 20 - 1 for i in range(40)]
+    out = []
+    for repeat, median in enumerate(invocation_medians_ms):
+        rec = record(run_id, workload_id, "onnxruntime", [median * (1 + 0.02 * x) for x in u], threads=threads,
+                     repeat=repeat, repeats=len(invocation_medians_ms), reference_probe=dict(PROBE))
+        rec["job_id"] += f"#{repeat + 1}"
+        out.append(rec)
+    return out
+
+
 def compare_runs() -> None:
-    u = [((i * 7919) % 200) / 100 - 1 for i in range(200)]
     base_id, cur_id = "20260102T000000Z-bbbbbb", "20260103T000000Z-cccccc"
     base, cur = [], []
     for workload_id, median in BASE_MEDIAN_MS.items():
-        samples = [median * (1 + 0.02 * x) for x in u]
-        base.append(record(base_id, workload_id, "onnxruntime", samples))
+        medians = [median * (1 + 0.01 * v) for v in INVOCATION_SPREAD]
+        base += invocations(base_id, workload_id, medians)
         scale = CURRENT_SCALE[workload_id]
         if scale is None:
             cur.append(record(cur_id, workload_id, "onnxruntime", None, error="runner crashed while running this job"))
         else:
-            cur.append(record(cur_id, workload_id, "onnxruntime", [s * scale for s in samples]))
-    # A large change that is not significant: 7 widely spread samples, median 4.0 -> 4.4 ms.
-    base.append(record(base_id, "mobilenet_v1_conv-0.25-128", "onnxruntime", [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]))
-    cur.append(record(cur_id, "mobilenet_v1_conv-0.25-128", "onnxruntime", [1.4, 2.4, 3.4, 4.4, 5.4, 6.4, 7.4]))
+            cur += invocations(cur_id, workload_id, [m * scale for m in medians])
+    # A large change that is not significant: invocations widely spread, median 3.0 -> 3.3 ms.
+    base += invocations(base_id, "mobilenet_v1_conv-0.25-128", [1.0, 2.0, 3.0, 4.0, 5.0])
+    cur += invocations(cur_id, "mobilenet_v1_conv-0.25-128", [1.3, 2.3, 3.3, 4.3, 5.3])
     # Only in the current run: a new workload, and a new thread count.
-    cur.append(record(cur_id, "conv-separable-M32-N32-k3-x56-s1", "onnxruntime", [1.0] * 20))
-    cur.append(record(cur_id, "conv-standard-M32-N64-k3-x28-s1", "onnxruntime", [2.5] * 20, threads=2))
+    cur += invocations(cur_id, "conv-separable-M32-N32-k3-x56-s1", [1.0] * 5)
+    cur += invocations(cur_id, "conv-standard-M32-N64-k3-x28-s1", [2.5] * 5, threads=2)
     write_run(base_id, base, "handmade", ["onnxruntime"])
     write_run(cur_id, cur, "handmade", ["onnxruntime"])
 
