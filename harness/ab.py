@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.compare.verdicts import Options, judge
+from harness.compare.verdicts import Options, invocation_values, judge, local_machine_speed
 from harness.devices import Device, local_device
 from harness.errors import UserError
 from harness.measure.invocations import paired_ratio_ci
@@ -56,17 +56,15 @@ def paired_rows(records: list[dict[str, Any]], options: Options) -> list[dict[st
         key = (record.get("workload_id"), record.get("backend"), int(record.get("threads") or 0),
                record.get("requested_delegate") or "")
         jobs.setdefault(key, {"A": {}, "B": {}})[record["device"]][int(record.get("repeat") or 0)] = record
+    speed = local_machine_speed(records) if options.normalize == "reference" else None
     rows = []
     for (workload_id, backend, threads, delegate), sides in sorted(jobs.items(), key=lambda kv: tuple(map(str,
                                                                                                     kv[0]))):
-        rounds = sorted(set(sides["A"]) & set(sides["B"]))
-        a = [_value(sides["A"][r], options.normalize) for r in rounds]
-        b = [_value(sides["B"][r], options.normalize) for r in rounds]
-        usable = [(x, y) for x, y in zip(a, b, strict=True) if x and y]
-        estimate = paired_ratio_ci([x for x, _ in usable], [y for _, y in usable], options.level)
+        rounds = [r for r in sorted(set(sides["A"]) & set(sides["B"]))
+                  if speed is None or (id(sides["A"][r]) in speed and id(sides["B"][r]) in speed)]
+        estimate = paired_ratio_ci(invocation_values([sides["A"][r] for r in rounds], speed),
+                                   invocation_values([sides["B"][r] for r in rounds], speed), options.level)
         verdict, note = judge(estimate, options)
-        if options.normalize == "reference" and len(usable) < len(rounds):
-            verdict, note = "inconclusive", "some invocations have no reference probe: cannot normalise"
         first = next(iter(sides["B"].values()), None) or next(iter(sides["A"].values()))
         version_a = next(iter(sides["A"].values()), {}).get("runtime_version")
         version_b = next(iter(sides["B"].values()), {}).get("runtime_version")
@@ -79,20 +77,10 @@ def paired_rows(records: list[dict[str, Any]], options: Options) -> list[dict[st
             "current_median_s": _median([(sides["B"][r].get("latency") or {}).get("median") for r in rounds]),
             "n_baseline": estimate.n_baseline, "n_current": estimate.n_current,
             "ratio": estimate.ratio, "change": estimate.ratio - 1, "ci_low": estimate.ci_low,
-            "ci_high": estimate.ci_high, "p_value": estimate.p_value, "normalized": options.normalize == "reference",
+            "ci_high": estimate.ci_high, "p_value": estimate.p_value, "normalized": speed is not None,
             "verdict": verdict, "note": note or ("" if rounds else "measured on one side only"),
         })
     return rows
-
-
-def _value(record: dict[str, Any], normalize: str) -> float | None:
-    median = (record.get("latency") or {}).get("median")
-    if median is None:
-        return None
-    if normalize == "reference":
-        probe = (record.get("reference_probe") or {}).get("median_s")
-        return median / probe if probe else None
-    return float(median)
 
 
 def _median(values: list[Any]) -> float:

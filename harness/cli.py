@@ -125,8 +125,9 @@ def timing_options(command: Any) -> Any:
         click.option("--repeats", type=int, default=DEFAULT_REPEATS, show_default=True,
                      help="Fresh runner invocations per job, interleaved in randomized rounds: the unit `compare` "
                           "tests on (at least 2 per side for a verdict; 5 or more for a gate)."),
-        click.option("--max-time", type=float, default=5.0, show_default=True,
-                     help="Maximum timed seconds per job invocation."),
+        click.option("--max-time", type=float, default=1.0, show_default=True,
+                     help="Maximum timed seconds per job invocation (a job's --repeats invocations share the "
+                          "work that one long invocation used to do; the spread between them is what counts)."),
         click.option("--min-time", type=float, default=0.5, show_default=True,
                      help="Minimum timed seconds per job invocation."),
         click.option("--min-runs", type=click.IntRange(min=1), default=10, show_default=True,
@@ -237,7 +238,7 @@ def _finish_run(outcome: Any) -> None:
 @click.option("--devices-file", type=click.Path(path_type=Path), default=None,
               help="Devices file (default: $CONVBENCH_DEVICES or ./devices.yaml).")
 @timing_options
-@click.option("--threshold", type=float, default=None, help="Smallest change that counts, e.g. 0.05 [default: 5%]")
+@click.option("--threshold", type=float, default=None, help="Smallest change that counts, e.g. 0.06 [default: 6%]")
 @click.option("--alpha", type=float, default=None, help="One-sided significance level [default: 0.01]")
 @click.option("--normalize", type=click.Choice(["none", "reference"]), default="none", show_default=True,
               help="reference: divide every invocation by the reference probe timed in it.")
@@ -388,9 +389,15 @@ def _print_run_summary(run_path: Path) -> None:
 @click.option("--gate-load", is_flag=True, help="Keep a second process spinning on one core meanwhile (--gate).")
 @click.option("--gate-results", type=click.Path(path_type=Path), default=None,
               help="Keep the calibration's runs in this results directory (default: a temporary one).")
+@click.option("--gate-analyze", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Judge the runs an earlier --gate kept (--gate-results) again, without measuring.")
+@click.option("--gate-threshold", type=float, default=None, help="compare's --threshold for the calibration.")
+@click.option("--gate-normalize", type=click.Choice(["auto", "reference", "none"]), default="auto",
+              show_default=True, help="compare's --normalize for the calibration.")
 def selftest_command(parts: str, seconds: float, rounds: int, json_path: Path | None, gate: bool,
                      gate_comparisons: int, gate_slowdown_runs: int, gate_repeats: int, gate_backend: str,
-                     gate_load: bool, gate_results: Path | None) -> None:
+                     gate_load: bool, gate_results: Path | None, gate_analyze: Path | None,
+                     gate_threshold: float | None, gate_normalize: str) -> None:
     """Benchmark the instrument: each figure against an independent reference.
 
     Latency vs torch's blocked_autorange / bare loops / timeit, peak memory vs a fresh process
@@ -401,16 +408,20 @@ def selftest_command(parts: str, seconds: float, rounds: int, json_path: Path | 
 
     from harness.selftest import PARTS, run_selftest
 
-    if gate:
+    if gate or gate_analyze:
         from harness import plan
-        from harness.selftest_gate import GateSettings, calibrate, report_lines
+        from harness.selftest_gate import GateSettings, analyze, calibrate, report_lines
 
         plan.validate_backends([gate_backend])
         settings = GateSettings(backend=gate_backend, repeats=gate_repeats, comparisons=gate_comparisons,
-                                slowdown_runs=gate_slowdown_runs, load=gate_load)
-        with tempfile.TemporaryDirectory(prefix="convbench-gate-") as scratch:
-            result = calibrate(settings, _writable_results_dir(gate_results) if gate_results else Path(scratch),
-                               click.echo)
+                                slowdown_runs=gate_slowdown_runs, load=gate_load, threshold=gate_threshold,
+                                normalize=gate_normalize)
+        if gate_analyze:
+            result = analyze(gate_analyze, settings, click.echo)
+        else:
+            with tempfile.TemporaryDirectory(prefix="convbench-gate-") as scratch:
+                result = calibrate(settings, _writable_results_dir(gate_results) if gate_results else Path(scratch),
+                                   click.echo)
         summary = result.summary()
         for line in report_lines(summary, settings):
             click.echo(line)

@@ -108,12 +108,14 @@ def register(main: click.Group) -> None:
                   help="auto (newest earlier run with the same devices and suite), stored (set by `harness "
                        "baseline set`), or a run. Default: stored if set, else auto.")
     @click.option("--threshold", type=Fraction(), default=None,
-                  help="Smallest change of the median that counts, as 0.05 or 5%  [default: 5%]")
+                  help="Smallest change that counts, as 0.06 or 6%  [default: 6%, calibrated by "
+                       "`harness selftest --gate`]")
     @click.option("--alpha", type=float, default=None, help="One-sided significance level; the interval shown "
                   "is its (1 - 2 alpha) t interval over invocations [default: 0.01]")
-    @click.option("--normalize", type=click.Choice(["none", "reference"]), default="none", show_default=True,
-                  help="reference: divide every invocation by the machine's reference probe timed in it, so a "
-                       "machine slower tonight does not read as a regression (its drift is always shown).")
+    @click.option("--normalize", type=click.Choice(["auto", "reference", "none"]), default="auto", show_default=True,
+                  help="reference: divide every invocation by the machine's speed when it ran (its reference probe "
+                       "and its neighbours'), so a machine slower tonight does not read as a regression (its drift "
+                       "is always shown); auto: that when both runs carry comparable probes; none: raw latencies.")
     @click.option("--same-runtime", is_flag=True,
                   help="Match runtime versions too (default: compare across versions and show the change).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

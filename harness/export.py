@@ -115,6 +115,8 @@ def to_pytest_benchmark(run: Path, with_data: bool = False) -> tuple[dict[str, A
             skipped += 1
             continue
         where = f"{record.get('device')}-{record.get('backend')}-t{record.get('threads')}"
+        if int(record.get("repeats") or 1) > 1:  # one benchmark per invocation: names must stay unique
+            where += f"-invocation{int(record.get('repeat') or 0) + 1}"
         stats = benchmark_stats(samples) if samples else _summary_stats(latency)
         if with_data and samples:
             stats["data"] = list(samples)
@@ -126,7 +128,8 @@ def to_pytest_benchmark(run: Path, with_data: bool = False) -> tuple[dict[str, A
             "name": f"{record['workload_id']}[{where}]",
             "fullname": f"convbench::{record.get('job_id') or record['workload_id']}",
             "params": {"device": record.get("device"), "backend": record.get("backend"),
-                       "threads": record.get("threads"), "delegate": record.get("delegate")},
+                       "threads": record.get("threads"), "delegate": record.get("delegate"),
+                       "invocation": int(record.get("repeat") or 0) + 1},
             "param": where,
             "extra_info": {
                 "workload_id": record["workload_id"], "kind": workload.get("kind"), "macs": workload.get("macs"),

@@ -41,10 +41,11 @@ class GateSettings:
     repeats: int = 5
     comparisons: int = 100  # A/A comparisons (each run compares every workload)
     slowdown_runs: int = 12  # S runs, cycling through SLOWDOWNS
-    min_time: float = 0.5
-    max_time: float = 5.0
+    min_time: float = 0.5  # `harness run`'s defaults
+    max_time: float = 1.0
     threshold: float | None = None  # None: compare's default
     alpha: float | None = None
+    normalize: str = "auto"
     load: bool = False  # a second process spinning on one core for the whole calibration
 
 
@@ -87,6 +88,7 @@ class GateResult:
                                                             alpha),
             "invocation_spread_median": statistics.median(self.spreads) if self.spreads else math.nan,
             "wall_s": self.wall_s,
+            "threshold": threshold,
         }
 
 
@@ -141,16 +143,11 @@ def _run(results_dir: Path, settings: GateSettings, slowdown: float) -> Path:
 
 
 def calibrate(settings: GateSettings, results_dir: Path, log: Callable[[str], None]) -> GateResult:
-    from harness import compare as cmp
+    """Measure the A S A S ... A sequence into ``results_dir``, then judge it (``analyze``)."""
     from harness.artifacts import artifact_for
-    from harness.measure.invocations import spread
-    from harness.store import read_run
 
     for workload_id in settings.workloads:  # export first: the runs measure measuring only
         artifact_for(workload_id, settings.backend)
-    options = cmp.Options(threshold=cmp.DEFAULT_THRESHOLD if settings.threshold is None else settings.threshold,
-                          alpha=cmp.DEFAULT_ALPHA if settings.alpha is None else settings.alpha)
-    result = GateResult(settings=dict(vars(settings), workloads=list(settings.workloads)))
     aa_runs = math.ceil(settings.comparisons / len(settings.workloads)) + 1
     # A S A S ... A: the S runs sit between A runs until they are used up.
     sequence = []
@@ -159,37 +156,57 @@ def calibrate(settings: GateSettings, results_dir: Path, log: Callable[[str], No
         if index < settings.slowdown_runs and index < aa_runs - 1:
             sequence.append(SLOWDOWNS[index % len(SLOWDOWNS)])
     started = time.monotonic()
-    previous_a: Path | None = None
     with _second_process_loading_one_core(settings.load):
         for number, slowdown in enumerate(sequence, start=1):
             path = _run(results_dir, settings, slowdown)
-            _, records = read_run(path)
-            by_job: dict[str, list[float]] = {}
-            for record in records:
-                by_job.setdefault(record["workload_id"], []).append(record["latency"]["median"])
-            result.spreads += [s for s in (spread(v) for v in by_job.values()) if not math.isnan(s)]
-            label = "A" if not slowdown else f"S{slowdown:.0%}"
-            if previous_a is not None:
-                comparison = cmp.compare_runs(previous_a, path, options)
-                target = result.slowed if slowdown else result.aa
-                for row in comparison.rows:
-                    target.append({"run": path.name, "workload_id": row["workload_id"], "slowdown": slowdown,
-                                   "verdict": row["verdict"], "change": row["change"], "ci_low": row["ci_low"],
-                                   "ci_high": row["ci_high"]})
-                verdicts = ", ".join(f"{row['verdict']} {row['change']:+.1%}" for row in comparison.rows)
-                log(f"[{number}/{len(sequence)}] {label} vs previous A: {verdicts}")
-            else:
-                log(f"[{number}/{len(sequence)}] {label}: first run")
-            if not slowdown:
-                previous_a = path
+            log(f"[{number}/{len(sequence)}] {'A' if not slowdown else f'S{slowdown:.0%}'}: {path.name}")
+    result = analyze(results_dir, settings, log)
     result.wall_s = time.monotonic() - started
+    return result
+
+
+def analyze(results_dir: Path, settings: GateSettings, log: Callable[[str], None] = lambda line: None) \
+        -> GateResult:
+    """Judge a calibration's stored runs as a nightly job would: each A run against the A run before it
+    (A/A), each S run (``slowdown_fraction`` in its policy) against the A run before it."""
+    from harness import compare as cmp
+    from harness.measure.invocations import spread
+    from harness.store import list_runs, read_run
+
+    options = cmp.Options(threshold=cmp.DEFAULT_THRESHOLD if settings.threshold is None else settings.threshold,
+                          alpha=cmp.DEFAULT_ALPHA if settings.alpha is None else settings.alpha,
+                          normalize=settings.normalize)
+    result = GateResult(settings=dict(vars(settings), workloads=list(settings.workloads)))
+    previous_a: Path | None = None
+    for path in list_runs(results_dir):
+        info, records = read_run(path)
+        slowdown = float((info.get("policy") or {}).get("slowdown_fraction") or 0.0)
+        by_job: dict[str, list[float]] = {}
+        for record in records:
+            if record.get("status") == "ok":
+                by_job.setdefault(record["workload_id"], []).append(record["latency"]["median"])
+        result.spreads += [s for s in (spread(v) for v in by_job.values()) if not math.isnan(s)]
+        if previous_a is not None:
+            comparison = cmp.compare_runs(previous_a, path, options)
+            target = result.slowed if slowdown else result.aa
+            for row in comparison.rows:
+                target.append({"run": path.name, "workload_id": row["workload_id"], "slowdown": slowdown,
+                               "verdict": row["verdict"], "change": row["change"], "ci_low": row["ci_low"],
+                               "ci_high": row["ci_high"], "normalized": row["normalized"]})
+            drift = f" (machine {comparison.drift[0]['change']:+.1%})" if comparison.drift else ""
+            verdicts = ", ".join(f"{row['verdict']} {row['change']:+.1%}" for row in comparison.rows)
+            log(f"{'A' if not slowdown else f'S{slowdown:.0%}'} {path.name} vs A {previous_a.name}{drift}: "
+                f"{verdicts}")
+        if not slowdown:
+            previous_a = path
     return result
 
 
 def report_lines(summary: dict[str, Any], settings: GateSettings) -> list[str]:
     lines = [
         f"gate calibration: {settings.backend}, {len(settings.workloads)} workloads, --repeats {settings.repeats}, "
-        f"min/max time {settings.min_time:g}/{settings.max_time:g} s"
+        f"min/max time {settings.min_time:g}/{settings.max_time:g} s, compare --threshold "
+        f"{summary['threshold']:.0%} --normalize {settings.normalize}"
         f"{', a second process loading one core' if settings.load else ''}; {summary['wall_s'] / 60:.1f} min",
         f"A/A: {summary['aa_comparisons']} comparisons, {summary['false_regressions']} false regressions "
         f"({summary['false_regression_rate']:.1%}; goal <= 1%), {summary['false_changes']} regressed or improved, "

@@ -224,7 +224,8 @@ def harness_run(devices_file: Path, results: Path, workloads: list[str],
                 *extra: str, exit_code: int = 0) -> tuple[dict, list[dict], str]:
     from harness.cli import main
 
-    result = CliRunner().invoke(main, ["run", "--devices", "phone", "--devices-file", str(devices_file),
+    result = CliRunner().invoke(main, ["run", "--repeats", "1", "--devices", "phone",
+                                       "--devices-file", str(devices_file),
                                        "--workloads", ",".join(workloads), "--out", str(results), *extra],
                                 catch_exceptions=False)
     assert result.exit_code == exit_code, result.output

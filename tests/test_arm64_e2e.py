@@ -34,7 +34,8 @@ def test_quick_suite_on_the_arm64_board(arm64_board, tmp_path, results_dir):
     # runs the quick suite without its 4.9 GMAC standard-conv twin (~80 s per inference there)
     # and with the fewest iterations; `--suite quick` itself works, only slowly.
     workloads = [w for w in registry.suite("quick") if w != "mobilenet_v1_conv-1.0-224"]
-    result = CliRunner().invoke(main, ["run", "--devices", "pi4-emulated", "--devices-file", str(path),
+    result = CliRunner().invoke(main, ["run", "--repeats", "1", "--devices", "pi4-emulated",
+                                       "--devices-file", str(path),
                                        "--workloads", ",".join(workloads), "--backends", "tflite,onnxruntime",
                                        "--max-time", "0.1", "--min-time", "0", "--min-runs", "2",
                                        "--warmup-runs", "0"])

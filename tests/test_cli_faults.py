@@ -117,7 +117,7 @@ def test_run_in_which_every_job_fails_exits_nonzero_and_is_failed(tmp_path, resu
     devices = tmp_path / "devices.yaml"
     devices.write_text("devices:\n  - name: local\n    transport: local\n    python: /bin/false\n"
                        "    backends: [onnxruntime]\n    threads: [1]\n")
-    result = invoke("run", "--workloads", SMALL, "--devices-file", str(devices), *FAST)
+    result = invoke("run", "--repeats", "1", "--workloads", SMALL, "--devices-file", str(devices), *FAST)
     no_traceback(result)
     assert result.exit_code == 1, result.output
     assert "run failed: no job succeeded (1 error)" in result.stderr
@@ -174,7 +174,8 @@ def test_signal_to_harness_alone_interrupts_keeps_records_and_cleans_up(tmp_path
     scratch.mkdir()
     env = dict(os.environ, TMPDIR=str(scratch))  # the local runner's temporary directories land here
     process = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "run", "--workloads", f"{SMALL_STD},{SMALL}", "--backends",
+        [sys.executable, "-m", "harness.cli", "run", "--repeats", "1", "--workloads", f"{SMALL_STD},{SMALL}",
+         "--backends",
          "onnxruntime", "--threads", "1,2", "--max-time", "2", "--min-time", "2", "--target-ci", "0",
          "--out", str(results_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
@@ -205,7 +206,8 @@ def test_disk_full_fails_the_run_once_and_keeps_what_was_written(tmp_path):
     with tmpfs(tmp_path / "small", "2m") as mount:
         results_dir = mount / "results"
         process = subprocess.Popen(
-            [sys.executable, "-m", "harness.cli", "run", "--workloads", f"{SMALL_STD},{SMALL}", "--backends",
+            [sys.executable, "-m", "harness.cli", "run", "--repeats", "1", "--workloads", f"{SMALL_STD},{SMALL}",
+         "--backends",
              "onnxruntime", "--threads", "1,2", "--max-time", "1", "--min-time", "1", "--target-ci", "0",
              "--out", str(results_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -299,10 +301,12 @@ def test_damaged_run_is_skipped_or_refused_with_one_line(store, tmp_path, comman
     if damage == "run.json is []":  # history over every run: C is skipped, the others used
         assert "run skipped" in warnings[0] and result.exit_code == 0
         return
-    kept = {"record 42": "kept 8 of 9", "wrong field types": "kept 7 of 8", "torn last line": "kept 8 of 9"}[damage]
+    # C holds 36 records: 5 invocations of each of 7 jobs and one error (tests/data/runs/make_runs.py)
+    kept = {"record 42": "kept 36 of 37", "wrong field types": "kept 35 of 36", "torn last line": "kept 36 of 37"}[
+        damage]
     assert kept in warnings[0], warnings[0]
-    assert {"record 42": "line 9 (not a record but int 42)", "wrong field types": "line 1 (field 'threads' is str",
-            "torn last line": "line 9 (torn: cut off mid-write although the run is complete)"}[damage] in warnings[0]
+    assert {"record 42": "line 37 (not a record but int 42)", "wrong field types": "line 1 (field 'threads' is str",
+            "torn last line": "line 37 (torn: cut off mid-write although the run is complete)"}[damage] in warnings[0]
     if command == "compare":  # a skipped record could hide a regression: the gate fails, saying why
         assert result.exit_code == 1 and "damaged record(s) were skipped" in result.output
     else:
@@ -315,7 +319,7 @@ def test_torn_last_line_of_a_crashed_run_is_dropped_quietly(store):
     _append(store, C, '{"job_id": "local/onnxruntime/t1/x", "trunc')
     result = invoke("export", C, "--format", "csv", "-o", "-", results=store)
     assert result.exit_code == 0 and result.stderr == ""
-    assert len(result.stdout.strip().splitlines()) == 1 + 8
+    assert len(result.stdout.strip().splitlines()) == 1 + 36
 
 
 def test_run_dir_without_run_json_is_reported(store):
@@ -351,7 +355,7 @@ def test_run_out_pointing_at_a_file_is_one_line(tmp_path):
     target = tmp_path / "afile"
     target.write_text("not a directory")
     for out, needle in ((target, "is a file, not a directory"), (target / "results", "Not a directory")):
-        result = invoke("run", "--workloads", SMALL, *FAST, "--out", str(out))
+        result = invoke("run", "--repeats", "1", "--workloads", SMALL, *FAST, "--out", str(out))
         no_traceback(result)
         assert result.exit_code == 2, result.output
         (line,) = result.stderr.splitlines()
@@ -372,7 +376,7 @@ def test_read_only_results_directory_for_run_and_baseline_set(tmp_path):
         results = mount / "results"
         shutil.copytree(DATA / B, results / B)
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-        run = invoke("run", "--workloads", SMALL, *FAST, "--out", str(results))
+        run = invoke("run", "--repeats", "1", "--workloads", SMALL, *FAST, "--out", str(results))
         no_traceback(run)
         assert run.exit_code == 2
         assert run.stderr == f"error: cannot write results to {results}: Read-only file system\n"
@@ -402,7 +406,7 @@ def test_an_option_naming_nothing_is_an_error_not_the_default(tmp_path, results_
     tripwire = {"--workloads": ["--backends", "nosuch"], "--backends": ["--workloads", SMALL, "--threads", "0"],
                 "--threads": ["--workloads", SMALL, "--devices", "nosuch"],
                 "--devices": ["--workloads", SMALL, "--backends", "onnxruntime", "--out", str(blocker)]}[option]
-    result = invoke("run", option, value, *tripwire)
+    result = invoke("run", "--repeats", "1", option, value, *tripwire)
     no_traceback(result)
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.splitlines()
@@ -413,7 +417,8 @@ def test_an_option_naming_nothing_is_an_error_not_the_default(tmp_path, results_
 
 @pytest.mark.slow
 def test_duplicate_threads_and_devices_plan_and_record_one_job(results_dir):
-    result = invoke("run", "--workloads", f"{SMALL},{SMALL}", "--threads", "1,1,01", "--devices", "local,local",
+    result = invoke("run", "--repeats", "1", "--workloads", f"{SMALL},{SMALL}", "--threads", "1,1,01",
+                    "--devices", "local,local",
                     *FAST)
     no_traceback(result)
     assert result.exit_code == 0, result.output
@@ -426,7 +431,7 @@ def test_duplicate_threads_and_devices_plan_and_record_one_job(results_dir):
 @pytest.mark.slow
 def test_non_canonical_workload_id_is_measured_under_the_canonical_id(results_dir):
     padded = "conv-separable-M016-N032-k03-x014-s01"
-    result = invoke("run", "--workloads", f"{padded},{SMALL}", *FAST)
+    result = invoke("run", "--repeats", "1", "--workloads", f"{padded},{SMALL}", *FAST)
     no_traceback(result)
     assert result.exit_code == 0, result.output
     assert f"note: workload {padded} is spelled {SMALL}" in result.stdout
@@ -437,7 +442,7 @@ def test_non_canonical_workload_id_is_measured_under_the_canonical_id(results_di
 
 @pytest.mark.slow
 def test_max_time_alone_below_the_default_min_time_clamps_it(results_dir):
-    result = invoke("run", "--workloads", SMALL, "--backends", "onnxruntime", "--max-time", "0.3")
+    result = invoke("run", "--repeats", "1", "--workloads", SMALL, "--backends", "onnxruntime", "--max-time", "0.3")
     no_traceback(result)
     assert result.exit_code == 0, result.output
     info, records = read_run(only_run(results_dir))
@@ -446,7 +451,7 @@ def test_max_time_alone_below_the_default_min_time_clamps_it(results_dir):
 
 
 def test_explicit_min_time_above_max_time_says_which_is_which(results_dir):
-    result = invoke("run", "--workloads", SMALL, "--min-time", "0.5", "--max-time", "0.3")
+    result = invoke("run", "--repeats", "1", "--workloads", SMALL, "--min-time", "0.5", "--max-time", "0.3")
     assert result.exit_code == 2
     assert result.stderr == ("error: --min-time 0.5 exceeds --max-time 0.3; the minimum timed seconds per job "
                              "must not exceed the maximum\n")

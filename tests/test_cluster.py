@@ -184,7 +184,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, adb_server: AdbServer) -> Iter
 
 def run(*args: str) -> tuple[object, float]:
     started = time.monotonic()
-    result = CliRunner().invoke(main, ["run", *args])
+    result = CliRunner().invoke(main, ["run", "--repeats", "1", *args])
     return result, time.monotonic() - started
 
 

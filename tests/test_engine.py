@@ -144,7 +144,8 @@ def test_store_round_trip_and_torn_line(tmp_path):
 
 
 def test_harness_run_end_to_end(results_dir):
-    result = CliRunner().invoke(main, ["run", "--workloads", f"{SMALL_STD},{SMALL}", "--max-time", "0.3",
+    result = CliRunner().invoke(main, ["run", "--repeats", "1",
+                                       "--workloads", f"{SMALL_STD},{SMALL}", "--max-time", "0.3",
                                        "--min-time", "0.05"])
     assert result.exit_code == 0, result.output
     assert "standard vs separable" in result.output and "results:" in result.output
@@ -164,7 +165,8 @@ def test_harness_run_end_to_end(results_dir):
     (["--min-time", "9", "--max-time", "1"], "--min-time"),
 ])
 def test_run_rejects_bad_names_with_one_line(args, needle, results_dir):
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", *args], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--repeats", "1", *args],
+                            capture_output=True, text=True)
     assert result.returncode == 2, result.stdout + result.stderr
     assert needle in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -183,8 +185,8 @@ def test_missing_backend_is_skipped_with_install_hint(tmp_path, results_dir):
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Block())\n")
     env = dict(os.environ, PYTHONPATH=str(blocker))
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--workloads", SMALL, "--max-time", "0.2",
-                             "--min-time", "0.05", "--backends", "onnxruntime,tflite"],
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--repeats", "1", "--workloads", SMALL,
+                             "--max-time", "0.2", "--min-time", "0.05", "--backends", "onnxruntime,tflite"],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "skipping backend tflite" in result.stdout and "pip install 'convbench[tflite]'" in result.stdout
@@ -195,8 +197,8 @@ def test_missing_backend_is_skipped_with_install_hint(tmp_path, results_dir):
 
 def test_interrupted_run_is_valid_and_marked(results_dir):
     process = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "run", "--workloads", f"{SMALL_STD},{SMALL}", "--backends",
-         "onnxruntime", "--threads", "1,2", "--max-time", "3", "--min-time", "3", "--target-ci", "0"],
+        [sys.executable, "-m", "harness.cli", "run", "--repeats", "1", "--workloads", f"{SMALL_STD},{SMALL}",
+         "--backends", "onnxruntime", "--threads", "1,2", "--max-time", "3", "--min-time", "3", "--target-ci", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     measurements = None
@@ -217,8 +219,8 @@ def test_interrupted_run_is_valid_and_marked(results_dir):
 
 def test_exporter_chatter_stays_out_of_the_terminal(tmp_path, monkeypatch, results_dir):
     monkeypatch.setenv("CONVBENCH_CACHE", str(tmp_path / "cache"))  # force a fresh export
-    result = CliRunner().invoke(main, ["run", "--workloads", "conv-separable-M8-N8-k3-x8-s1", "--backends",
-                                       "tflite", "--max-time", "0.1", "--min-time", "0"])
+    result = CliRunner().invoke(main, ["run", "--repeats", "1", "--workloads", "conv-separable-M8-N8-k3-x8-s1",
+                                       "--backends", "tflite", "--max-time", "0.1", "--min-time", "0"])
     assert result.exit_code == 0, result.output
     assert "exported conv-separable-M8-N8-k3-x8-s1 -> tflite" in result.output
     assert "LiteRT-Torch Convert" not in result.output and "_pytree" not in result.output

@@ -167,7 +167,8 @@ def test_runs_into_one_store_reuse_each_jobs_block_size(tmp_path):
     from harness.cli import main
     from harness.store import list_runs, read_run
 
-    args = ["run", "--workloads", TINY, "--backends", "onnxruntime", "--min-time", "0.05", "--max-time", "0.2",
+    args = ["run", "--repeats", "1",
+            "--workloads", TINY, "--backends", "onnxruntime", "--min-time", "0.05", "--max-time", "0.2",
             "--out", str(tmp_path)]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output

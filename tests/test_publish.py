@@ -23,13 +23,9 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.cli_history import register
 from harness.publish import build_site, slug
 from harness.store import RunWriter
 from tests.test_report import browser  # noqa: F401  (the DevTools fixture)
-
-if "publish" not in main.commands:  # until harness/cli.py registers the module itself
-    register(main)
 
 STEPPED, FLAT = "conv-standard-M32-N64-k3-x28-s1", "conv-separable-M32-N64-k3-x28-s1"
 NIGHTS, DEVICE_SLOWDOWN_NIGHT, STEP_NIGHT = 32, 12, 20

@@ -163,7 +163,7 @@ def test_a_devices_file_without_devices_says_so(tmp_path: Path, text: str, resul
     code, output, _ = harness("devices", "list", "--devices-file", str(path), timeout=30)
     assert code == 2, output
     assert first_line(output).startswith(f"error: {path}:") and "declares no devices" in output, output
-    result = CliRunner().invoke(main, ["run", "--devices-file", str(path)])
+    result = CliRunner().invoke(main, ["run", "--repeats", "1", "--devices-file", str(path)])
     assert result.exit_code == 2, result.output
     assert f"{path}" in result.output and "declares no devices" in result.output
     assert "none installed" not in result.output
@@ -199,7 +199,8 @@ def test_hostile_host_never_reaches_the_ssh_config(tmp_path: Path) -> None:
     assert not (tmp_path / "PWNED").exists(), "the host ran a local command through the ssh config"
     assert code == 2, output
     assert first_line(output).startswith(f"error: {devices}:4: host: 'x;touch PWNED;#' is not a hostname"), output
-    code, output, _ = harness("run", "--devices", "board", "--devices-file", str(devices), cwd=tmp_path)
+    code, output, _ = harness("run", "--repeats", "1",
+                              "--devices", "board", "--devices-file", str(devices), cwd=tmp_path)
     assert not (tmp_path / "PWNED").exists() and code == 2 and f"{devices}:4: host:" in output, output
 
 

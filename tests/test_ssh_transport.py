@@ -51,7 +51,7 @@ def devices_file(tmp_path: Path, server: SshdServer, **extra: object) -> Path:
 
 
 def run(*args: str) -> object:
-    return CliRunner().invoke(main, ["run", "--max-time", "0.3", "--min-time", "0.05", *args])
+    return CliRunner().invoke(main, ["run", "--repeats", "1", "--max-time", "0.3", "--min-time", "0.05", *args])
 
 
 def test_run_on_ssh_board_end_to_end(tmp_path, board, results_dir):
@@ -114,7 +114,7 @@ def test_board_killed_mid_run_fails_its_jobs_and_the_run_goes_on(tmp_path, board
 
     killer = threading.Thread(target=kill_when_measuring, daemon=True)
     killer.start()
-    result = CliRunner().invoke(main, ["run", "--devices", "board,local", "--devices-file", str(path),
+    result = CliRunner().invoke(main, ["run", "--repeats", "1", "--devices", "board,local", "--devices-file", str(path),
                                        "--workloads", PAIR, "--max-time", "2", "--min-time", "2",
                                        "--target-ci", "0", "--backends", "onnxruntime"])
     killer.join(timeout=5)
@@ -135,7 +135,8 @@ def test_runner_timeout_is_a_job_error(tmp_path, board, results_dir, monkeypatch
 
     monkeypatch.setattr(ssh_module, "batch_timeout", lambda policy, items: 1.0)
     path = devices_file(tmp_path, board)
-    result = CliRunner().invoke(main, ["run", "--devices", "board", "--devices-file", str(path), "--workloads",
+    result = CliRunner().invoke(main, ["run", "--repeats", "1",
+                                       "--devices", "board", "--devices-file", str(path), "--workloads",
                                        "conv-standard-M16-N32-k3-x14-s1", "--backends", "onnxruntime",
                                        "--max-time", "5", "--min-time", "5", "--target-ci", "0"])
     assert result.exit_code == 1  # its only job failed: the run failed

@@ -38,7 +38,8 @@ def test_ssh_adb_and_local_in_one_run(tmp_path, adb_device, adb_server, results_
         ]
         path = tmp_path / "devices.yaml"
         path.write_text(yaml.safe_dump({"devices": devices}))
-        result = CliRunner().invoke(main, ["run", "--devices", "board,phone,local", "--devices-file", str(path),
+        result = CliRunner().invoke(main, ["run", "--repeats", "1",
+                                           "--devices", "board,phone,local", "--devices-file", str(path),
                                            "--workloads", PAIR, "--max-time", "0.3", "--min-time", "0.05"])
         assert result.exit_code == 0, result.output
     finally:

@@ -46,7 +46,11 @@ def headline(result: Comparison) -> str:
 def criteria(result: Comparison) -> str:
     options = result.options
     runtime = "runtime version must match" if options.same_runtime else "runtime version not required"
-    normalized = ", each divided by its reference probe" if options.normalize == "reference" else ""
+    normalized = {"none": "",
+                  "reference": ", divided by the machine's speed when it ran (the reference probe of it and the "
+                               "invocations nearest in time)",
+                  "auto": ", divided by the machine's speed when it ran (reference probes) where both runs carry "
+                          "comparable probes"}[options.normalize]
     return (f"matched on {', '.join(result.matched_on)} ({runtime}); unit: the invocation's median{normalized}; "
             f"change = ratio of geometric means with a {options.level:.0%} t interval (CI); regressed/improved: "
             f"the CI excludes no change and the change is beyond {options.threshold:.0%}; unchanged: the CI lies "
@@ -64,7 +68,7 @@ def drift_lines(result: Comparison) -> list[str]:
                 f"({abs(drift['change']):.1%} {speed}{ci}; {drift['n_baseline']}+{drift['n_current']} invocations)")
         if not drift["comparable"]:
             line += "; the probe differs between the runs (numpy/Python/kernel), so this is not the machine alone"
-        elif result.options.normalize == "reference":
+        elif any(row.get("normalized") and row.get("device") == drift["device"] for row in result.rows):
             line += "; the changes above are relative to it"
         else:
             line += "; `--normalize reference` divides it out"

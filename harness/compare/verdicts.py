@@ -30,6 +30,7 @@ compared nothing, fewer measurements than it left unmatched, or skipped damaged 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,13 @@ from harness.measure.invocations import RatioEstimate, ratio_ci
 from harness.records import BUSY_CORES
 
 # Calibrated on a 2-core VM by `harness selftest --gate` (README, "Nightly regression gate").
-DEFAULT_THRESHOLD = 0.05
+DEFAULT_THRESHOLD = 0.06
 DEFAULT_ALPHA = 0.01
 VERDICTS = ("regressed", "improved", "inconclusive", "unchanged")
-NORMALIZE = ("none", "reference")
+NORMALIZE = ("auto", "reference", "none")
+# Invocations on each side of one whose neighbours' reference probes estimate the machine's speed
+# at the time it ran (see ``local_machine_speed``).
+PROBE_WINDOW = 2
 
 
 @dataclass
@@ -51,7 +55,9 @@ class Options:
     alpha: float = DEFAULT_ALPHA
     same_runtime: bool = False
     allow_unmatched: bool = False  # pass the gate although nothing, or less than was left out, was compared
-    normalize: str = "none"  # "reference": divide each invocation by its reference probe
+    # "reference": divide each invocation by the machine's speed when it ran (its reference probe and
+    # its neighbours'); "auto": that whenever both runs carry comparable probes; "none": raw latencies.
+    normalize: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold < 1:
@@ -186,20 +192,51 @@ def judge(estimate: RatioEstimate, options: Options) -> tuple[str, str]:
     return "inconclusive", f"CI reaches beyond -/+{t:.0%}: more --repeats or a quieter machine would decide"
 
 
-def invocation_values(records: list[dict[str, Any]], normalize: str) -> tuple[list[float], str]:
-    """Each invocation's median latency (divided by its reference probe when normalising); why not, if not."""
+def local_machine_speed(records: list[dict[str, Any]]) -> dict[int, float]:
+    """id(record) -> the median reference-probe time of the invocations measured around it on its device.
+
+    The machine's own speed drifts over tens of seconds on a shared VM (``selftest --gate`` saw
+    the probe move by 10% within one run), while a single probe carries its own noise.  The median
+    over the 2 * PROBE_WINDOW + 1 invocations nearest in time on the same device (a run stores its
+    records in the order they were measured) follows the drift with a fraction of the noise.
+    """
+    sequences: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if (record.get("reference_probe") or {}).get("median_s"):
+            sequences.setdefault(_device_key(record), []).append(record)
+    speed = {}
+    for sequence in sequences.values():
+        probes = [float(r["reference_probe"]["median_s"]) for r in sequence]
+        for index, record in enumerate(sequence):
+            window = probes[max(0, index - PROBE_WINDOW): index + PROBE_WINDOW + 1]
+            speed[id(record)] = float(statistics.median(window))
+    return speed
+
+
+def invocation_values(records: list[dict[str, Any]], speed: dict[int, float] | None = None) -> list[float]:
+    """Each invocation's median latency, divided by the machine's speed when it ran if ``speed`` is given."""
     values = []
     for record in records:
         median = (record.get("latency") or {}).get("median")
-        if median is None:
-            continue
-        if normalize == "reference":
-            probe = (record.get("reference_probe") or {}).get("median_s")
-            if not probe:
-                return [], "no reference probe in this measurement (runner older than version 3): cannot normalise"
-            median = median / probe
-        values.append(float(median))
-    return values, ""
+        if median is not None:
+            values.append(float(median) / speed[id(record)] if speed is not None else float(median))
+    return values
+
+
+def _normalisation(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options,
+                   speeds: tuple[dict[int, float], dict[int, float]]) -> tuple[bool, str]:
+    """(normalise this row?, why not when it was asked for)."""
+    if options.normalize == "none":
+        return False, ""
+    missing = [side for side, records, speed in (("baseline", base, speeds[0]), ("current", cur, speeds[1]))
+               if any(id(r) not in speed for r in records)]
+    if missing:
+        why = f"no reference probe in the {' and '.join(missing)} run (runner older than version 3)"
+    elif probe_identities(base) != probe_identities(cur):
+        why = "the reference probe differs between the runs (another probe kernel, numpy or Python)"
+    else:
+        return True, ""
+    return False, why
 
 
 def probe_identities(records: list[dict[str, Any]]) -> set[str]:
@@ -226,12 +263,13 @@ def compare_runs(baseline: Path, current: Path, options: Options | None = None, 
         matched_on.append("runtime version")
     result = Comparison(_run_summary(baseline, base_info, baseline_why), _run_summary(current, cur_info),
                         options, matched_on)
+    speeds = local_machine_speed(base_records), local_machine_speed(cur_records)
     base_valid, base_invalid = _index(base_records, options.same_runtime)
     cur_valid, cur_invalid = _index(cur_records, options.same_runtime)
     for key in sorted(set(base_valid) | set(cur_valid), key=lambda k: tuple(map(str, k))):
         base, cur = base_valid.get(key), cur_valid.get(key)
         if base and cur:
-            result.rows.append(_row(base, cur, options))
+            result.rows.append(_row(base, cur, options, speeds))
             continue
         present, side, other_invalid = (base, "baseline", cur_invalid) if base else (cur, "current", base_invalid)
         record = present[0]
@@ -274,16 +312,16 @@ def _difference(record: dict[str, Any], counterpart: dict[str, Any], side: str, 
             f"{counterpart.get('runtime_version')} in the {other}); drop --same-runtime to compare them")
 
 
-def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options) -> dict[str, Any]:
-    base_values, base_why = invocation_values(base, options.normalize)
-    cur_values, cur_why = invocation_values(cur, options.normalize)
-    estimate = ratio_ci(base_values, cur_values, options.level)
+def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options,
+         speeds: tuple[dict[int, float], dict[int, float]] = ({}, {})) -> dict[str, Any]:
+    normalized, why_not = _normalisation(base, cur, options, speeds)
+    estimate = ratio_ci(invocation_values(base, speeds[0] if normalized else None),
+                        invocation_values(cur, speeds[1] if normalized else None), options.level)
     result, note = judge(estimate, options)
-    if base_why or cur_why:
-        result, note = "inconclusive", f"{'baseline' if base_why else 'current'}: {base_why or cur_why}"
-    elif options.normalize == "reference" and probe_identities(base) != probe_identities(cur):
-        result, note = "inconclusive", ("the reference probe differs between the runs (another probe kernel, numpy "
-                                        "or Python): its times are not comparable")
+    if why_not and options.normalize == "reference":  # asked for explicitly: no raw verdict instead
+        result, note = "inconclusive", f"cannot normalise: {why_not}"
+    elif why_not:
+        note = "; ".join(filter(None, [f"not normalised: {why_not}", note]))
     first = cur[0]
     others = [r.get("other_cpu_cores") for r in (*base, *cur) if r.get("other_cpu_cores") is not None]
     busiest = max(others) if others else None
@@ -309,7 +347,7 @@ def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options
         "current_median_s": _median([v for v in raw_cur if v is not None]),
         "n_baseline": estimate.n_baseline, "n_current": estimate.n_current,
         "ratio": estimate.ratio, "change": estimate.ratio - 1, "ci_low": estimate.ci_low,
-        "ci_high": estimate.ci_high, "p_value": estimate.p_value, "normalized": options.normalize == "reference",
+        "ci_high": estimate.ci_high, "p_value": estimate.p_value, "normalized": normalized,
         "verdict": result, "other_cpu_cores": busiest, "note": note,
     }
 
