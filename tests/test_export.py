@@ -78,8 +78,8 @@ def test_pytest_benchmark_compare_reads_exports(tmp_path):
                            str(tmp_path / "0001_baseline.json"), str(tmp_path / "0002_current.json")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "7 tests, 2 sources" in done.stdout
-    assert "conv-standard-M32-N64-k3-x28-s1[local-onnxruntime-t1]" in done.stdout
+    assert "35 tests, 2 sources" in done.stdout  # C: 7 jobs x 5 invocations, one benchmark each
+    assert "conv-standard-M32-N64-k3-x28-s1[local-onnxruntime-t1-invocation1]" in done.stdout
     assert "Failed to load" not in done.stdout + done.stderr
     table = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", "--csv",
                             str(tmp_path / "table"), str(tmp_path / "0002_current.json")],
@@ -87,7 +87,7 @@ def test_pytest_benchmark_compare_reads_exports(tmp_path):
     assert table.returncode == 0, table.stderr
     rows = list(csv.DictReader((tmp_path / "table.csv").open()))
     medians = {r["name"]: float(r["median"]) for r in rows}
-    assert medians["convbench::local/onnxruntime/t2/conv-standard-M32-N64-k3-x28-s1"] == pytest.approx(0.0025)
+    assert medians["convbench::local/onnxruntime/t2/conv-standard-M32-N64-k3-x28-s1#1"] == pytest.approx(0.0025, rel=1e-3)
 
 
 def test_csv_export_lists_every_measurement():
@@ -109,6 +109,6 @@ def test_export_default_path_and_errors(tmp_path):
     result = CliRunner().invoke(main, ["export", B.name, "--format", "pytest-benchmark"], env=env)
     target = tmp_path / B.name / f"{B.name}.pytest-benchmark.json"
     assert result.exit_code == 0 and str(target) in result.output
-    assert len(json.loads(target.read_text())["benchmarks"]) == 6
+    assert len(json.loads(target.read_text())["benchmarks"]) == 30  # B: 6 jobs x 5 invocations
     bad = CliRunner().invoke(main, ["export", B.name, "--format", "xml"], env=env)
     assert bad.exit_code == 2 and "xml" in bad.output
