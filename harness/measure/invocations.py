@@ -119,7 +119,8 @@ def collapse(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per job of a run: its invocations (records) reduced to one summary.
 
     ``latency_median`` becomes the median of the invocation medians and ``latency_ci_low/high``
-    a 95% interval of the geometric mean across invocations (a job measured once keeps its own
+    a 95% interval of the geometric mean across invocations (``latency_ci_rel_width`` stays the
+    precision inside one invocation: the median over the invocations) (a job measured once keeps its own
     within-invocation interval, marked by ``invocations`` = 1).  Added columns: ``invocations``,
     ``invocation_medians`` (list, in the order measured), ``invocation_spread`` (SD of their
     logs), ``probe_s`` (median reference-probe time of the job's invocations, when measured).
@@ -146,6 +147,8 @@ def collapse(frame: pd.DataFrame) -> pd.DataFrame:
             _, low, high = geometric_mean_ci(medians)
             first["latency_median"] = float(np.median(medians))
             first["latency_ci_low"], first["latency_ci_high"] = low, high
+            if "latency_ci_rel_width" in group:  # the precision inside an invocation, typically
+                first["latency_ci_rel_width"] = float(np.nanmedian(group["latency_ci_rel_width"].astype(float)))
             samples = [s for value in group.get("samples_s", []) if isinstance(value, list) for s in value]
             first["samples_s"] = samples or first.get("samples_s")
         if "probe_s" in group:

@@ -136,7 +136,8 @@ def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[
         noisy = valid[valid["latency_ci_rel_width"] > NOISY_CI]
         if len(noisy):
             lines.append(f"{len(noisy)} of {len(valid)} measurements are noisy (95% CI of the median wider than "
-                         f"{NOISY_CI:.0%} of it); a longer --max-time or a quieter machine narrows them.")
+                         f"{NOISY_CI:.0%} of it, inside an invocation); a longer --max-time or a quieter "
+                         "machine narrows them.")
     if not valid.empty and "warnings" in valid:
         busy = [w for w in valid["warnings"] if isinstance(w, list) and any("busy" in str(x) for x in w)]
         if busy:
