@@ -62,7 +62,8 @@ def _print_table(title: str, columns: list[str], rows: list[list[str]], footer: 
         table.add_row(*row)
     console = Console(width=max(120, Console().width))
     if not console.is_terminal:  # a log or a pipe: never cut a cell, whatever the width it assumes
-        console = Console(width=max(120, console.measure(table).maximum))
+        natural = console.measure(table, options=console.options.update_width(100_000)).maximum
+        console = Console(width=max(120, natural))
     console.print(table)
     if footer:
         console.print(footer)
@@ -209,6 +210,10 @@ def _measure(selected: list, workload_list: list[str], suite: str | None, backen
     per_job = f" x {repeats} invocations" if repeats > 1 else ""
     console.print(f"{len(jobs) // repeats} jobs{per_job}: {len(workload_list)} workloads on "
                   f"{', '.join(d.name for d in selected)} with {', '.join(chosen)}")
+    lines = plan.device_lines(selected, chosen)
+    if len(selected) > 1 or any("; skips " in line for line in lines):
+        for line in lines:
+            console.print(f"  {line}", markup=False, soft_wrap=True)
     cluster_address, cluster_security = resolve_cluster(*cluster_run)
     results_root = _writable_results_dir(results_dir or default_results_dir())
     request = plan.RunRequest(selected, jobs, policy, results_root, workload_list, suite, skipped,

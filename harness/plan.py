@@ -128,6 +128,26 @@ def parse_repeats(repeats: int) -> int:
     return repeats
 
 
+def device_lines(devices: list[Device], chosen: list[str]) -> list[str]:
+    """Per device: the backends it will run and, for each chosen backend it will not, why not."""
+    lines = []
+    for device in devices:
+        runs = [b for b in device.backends if b in chosen]
+        info = transport(device.transport)
+        skips = []
+        for backend in chosen:
+            if backend in runs:
+                continue
+            if info.allowed_backends is not None and backend not in info.allowed_backends:
+                why = f"{device.transport} devices {info.allowed_backends_why or 'cannot run it'}"
+            else:
+                why = f"not among its backends in {device.source or 'devices.yaml'}"
+            skips.append(f"{backend} ({why})")
+        line = f"{device.name}: {', '.join(runs) or 'nothing'}"
+        lines.append(line + (f"; skips {', '.join(skips)}" if skips else ""))
+    return lines
+
+
 def available_backends(devices: list[Device], requested: list[str] | None) -> tuple[list[str], list[str]]:
     """(backends to run, one message per requested backend this host cannot export or run).
 

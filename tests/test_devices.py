@@ -95,3 +95,22 @@ def test_devices_cli(tmp_path):
     broken = write(tmp_path, "devices:\n  - {name: b, transport: local, python: /nonexistent/python3}\n")
     failed = CliRunner().invoke(main, ["devices", "check", "--devices-file", str(broken)])
     assert failed.exit_code == 1 and "NOT USABLE" in failed.output
+
+
+def test_each_device_says_what_it_runs_and_what_it_skips(tmp_path):
+    from harness import plan
+
+    path = write(tmp_path, "devices:\n"
+                           "  - {name: here, transport: local, backends: [onnxruntime]}\n"
+                           "  - {name: phone, transport: adb, serial: x}\n")
+    devices = load_devices(path)
+    here, phone = plan.device_lines([devices["here"], devices["phone"]], ["onnxruntime", "tflite"])
+    assert here.startswith("here: onnxruntime; skips tflite (not among its backends in ")
+    assert phone == "phone: tflite; skips onnxruntime (adb devices run benchmark_model, which runs tflite only)"
+
+
+def test_tables_are_not_cut_when_stdout_is_not_a_terminal(tmp_path):
+    long_name = "a-device-with-a-long-name-" + "x" * 60
+    path = write(tmp_path, f"devices:\n  - {{name: {long_name}, transport: local, backends: [onnxruntime]}}\n")
+    listing = CliRunner().invoke(main, ["devices", "list", "--devices-file", str(path)], env={"COLUMNS": "80"})
+    assert listing.exit_code == 0 and long_name in listing.output, listing.output
