@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.compare.verdicts import Options, invocation_values, judge, local_machine_speed
+from harness.compare.verdicts import Options, invocation_values, judge, local_machine_speed, median_latency
 from harness.devices import Device, local_device
 from harness.errors import UserError
 from harness.measure.invocations import paired_ratio_ci
@@ -73,8 +73,8 @@ def paired_rows(records: list[dict[str, Any]], options: Options) -> list[dict[st
             "backend": backend, "threads": threads, "delegate": delegate or None,
             "runtime": str(version_b) if version_a == version_b else f"{version_a} -> {version_b}",
             "device": first.get("device"), "fingerprint": "",
-            "baseline_median_s": _median([(sides["A"][r].get("latency") or {}).get("median") for r in rounds]),
-            "current_median_s": _median([(sides["B"][r].get("latency") or {}).get("median") for r in rounds]),
+            "baseline_median_s": median_latency([sides["A"][r] for r in rounds]),
+            "current_median_s": median_latency([sides["B"][r] for r in rounds]),
             "n_baseline": estimate.n_baseline, "n_current": estimate.n_current,
             "ratio": estimate.ratio, "change": estimate.ratio - 1, "ci_low": estimate.ci_low,
             "ci_high": estimate.ci_high, "p_value": estimate.p_value, "normalized": speed is not None,
@@ -82,9 +82,3 @@ def paired_rows(records: list[dict[str, Any]], options: Options) -> list[dict[st
         })
     return rows
 
-
-def _median(values: list[Any]) -> float:
-    import numpy as np
-
-    present = [v for v in values if v is not None]
-    return float(np.median(present)) if present else float("nan")

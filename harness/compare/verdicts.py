@@ -18,9 +18,11 @@ different.  The estimate is the ratio of the geometric means of the invocation m
 - ``inconclusive``: anything else (the interval reaches beyond the threshold without excluding
   "no change"), or too few invocations to estimate.
 
-With ``normalize="reference"`` each invocation's median is first divided by the reference probe
-timed in the same invocation, which removes the machine's own drift; that drift is always
-reported apart (``Comparison.drift``).
+With ``normalize="reference"`` (and by default, ``"auto"``, whenever both runs carry comparable
+probes) each invocation's median is first divided by the machine's speed when it ran: the median
+reference probe of that invocation and its nearest neighbours on the device
+(``local_machine_speed``), which removes the machine's own drift; that drift is always reported
+apart (``Comparison.drift``).
 
 Exit codes (the gate, ``Comparison.exit_code``): 1 when anything regressed, or when the comparison
 compared nothing, fewer measurements than it left unmatched, or skipped damaged records (unless
@@ -242,6 +244,7 @@ def _normalisation(base: list[dict[str, Any]], cur: list[dict[str, Any]], option
 def probe_identities(records: list[dict[str, Any]]) -> set[str]:
     return {(r.get("reference_probe") or {}).get("identity") or "" for r in records}
 
+
 def _run_summary(path: Path, info: dict[str, Any], why: str = "") -> dict[str, Any]:
     git = info.get("git") or {}
     return {"run_id": info.get("run_id", path.name), "path": str(path), "started_at": info.get("started_at"),
@@ -337,14 +340,11 @@ def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options
         result = "inconclusive"
     base_version, cur_version = base[0].get("runtime_version"), first.get("runtime_version")
     runtime = str(cur_version) if base_version == cur_version else f"{base_version} -> {cur_version}"
-    raw_base = [(r.get("latency") or {}).get("median") for r in base]
-    raw_cur = [(r.get("latency") or {}).get("median") for r in cur]
     return {
         "workload_id": first.get("workload_id"), "where": _label(first), "device": first.get("device"),
         "fingerprint": _device_key(first), "backend": first.get("backend"), "threads": first.get("threads"),
         "delegate": first.get("delegate"), "runtime": runtime,
-        "baseline_median_s": _median([v for v in raw_base if v is not None]),
-        "current_median_s": _median([v for v in raw_cur if v is not None]),
+        "baseline_median_s": median_latency(base), "current_median_s": median_latency(cur),
         "n_baseline": estimate.n_baseline, "n_current": estimate.n_current,
         "ratio": estimate.ratio, "change": estimate.ratio - 1, "ci_low": estimate.ci_low,
         "ci_high": estimate.ci_high, "p_value": estimate.p_value, "normalized": normalized,
@@ -384,7 +384,9 @@ def _block_sizes(records: list[dict[str, Any]]) -> list[int]:
     return sorted({int(r.get("block_size") or 1) for r in records})
 
 
-def _median(values: list[float]) -> float:
+def median_latency(records: list[dict[str, Any]]) -> float:
+    """The median of the records' (invocations') median latencies, raw; NaN when none has one."""
     import numpy as np
 
-    return float(np.median(values))
+    values = [m for m in ((r.get("latency") or {}).get("median") for r in records) if m is not None]
+    return float(np.median(values)) if values else math.nan

@@ -105,11 +105,3 @@ def bootstrap_ratio_ci(
                        random_state=np.random.default_rng(seed))
     return point, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
-
-def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Mann-Whitney U test p-value (scipy; asymptotic for large samples)."""
-    from scipy.stats import mannwhitneyu
-
-    if len(a) == 0 or len(b) == 0:
-        return float("nan")
-    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
