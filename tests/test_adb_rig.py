@@ -1,6 +1,6 @@
 """AdbClient and the loopback device against the real adb server (and the real ``adb`` client).
 
-The device (tests/rigs/adb_device.py) speaks the device side of the ADB protocol on
+The device (harness/lab/adb_device.py) speaks the device side of the ADB protocol on
 127.0.0.1 and runs commands in a bubblewrap sandbox; an isolated adb server (its own port
 and HOME) connects to it with ``adb connect``.  AdbClient talks to that server through
 adbutils (no adb process per call); the real ``adb`` client checks the rig itself

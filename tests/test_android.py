@@ -1,6 +1,6 @@
 """The adb transport: benchmark_model on a (loopback) Android device through the real adb server.
 
-The device (tests/rigs/adb_device.py) speaks the ADB protocol to the real adb server (and
+The device (harness/lab/adb_device.py) speaks the ADB protocol to the real adb server (and
 client), runs commands in a sandbox whose /data/local/tmp and /sys this test controls, and
 the benchmark_model stand-in really runs the .tflite with ai_edge_litert.
 """

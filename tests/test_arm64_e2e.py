@@ -1,6 +1,6 @@
 """The SSH backend against an emulated aarch64 board: the quick suite, end to end.
 
-The board (tests/rigs/arm64_board) is an arm64 Debian userland under qemu-user with its
+The board (harness/lab/arm64_board) is an arm64 Debian userland under qemu-user with its
 own sshd and sysfs, reached exactly like a Raspberry Pi on the network.  Its timings are
 emulation timings, so its fingerprint says ``emulated`` and reports say so.
 """

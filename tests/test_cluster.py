@@ -28,12 +28,12 @@ import yaml
 from click.testing import CliRunner
 
 from harness.cli import main
+from harness.lab.adb_device import LoopbackAdbDevice
+from harness.lab.sshd import SshdServer
 from harness.store import read_run
 from tests.conftest import ROOT, require
-from tests.rigs.adb_device import LoopbackAdbDevice
 from tests.rigs.adb_fixtures import STANDIN, AdbServer, adb_server, connect, require_sandbox  # noqa: F401
 from tests.rigs.ssh_fixtures import require_sshd
-from tests.rigs.sshd import SshdServer
 
 pytestmark = [pytest.mark.rig, pytest.mark.slow]
 

@@ -249,8 +249,8 @@ def test_hostnames_addresses_and_aliases_are_accepted(tmp_path: Path, host: str)
 def test_an_alias_still_works_through_match_exec(tmp_path: Path) -> None:
     """The same kind of config keeps working for a legitimate alias (a real sshd on 127.0.0.1)."""
     require_match_exec()
+    from harness.lab.sshd import SshdServer
     from tests.rigs.ssh_fixtures import require_sshd
-    from tests.rigs.sshd import SshdServer
 
     require_sshd()
     server = SshdServer(tmp_path / "sshd").start()

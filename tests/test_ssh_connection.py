@@ -1,4 +1,4 @@
-"""SshConnection against a real OpenSSH server on 127.0.0.1 (see tests/rigs/sshd.py)."""
+"""SshConnection against a real OpenSSH server on 127.0.0.1 (see harness/lab/sshd.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from backends.ssh_connection import (
     SshError,
     SshTarget,
 )
+from harness.lab.sshd import SshdServer, free_port
 from tests.rigs.ssh_fixtures import make_target, ssh_target, sshd_server  # noqa: F401
-from tests.rigs.sshd import SshdServer, free_port
 
 pytestmark = pytest.mark.rig
 

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
+from harness.lab.sshd import SshdServer
 from harness.store import read_run
 from tests.rigs.ssh_fixtures import require_sshd
-from tests.rigs.sshd import SshdServer
 
 pytestmark = [pytest.mark.rig, pytest.mark.slow]
 

@@ -10,10 +10,10 @@ import yaml
 from click.testing import CliRunner
 
 from harness.cli import main
+from harness.lab.sshd import SshdServer
 from harness.store import read_run
 from tests.rigs.adb_fixtures import adb_device, adb_device_factory, adb_server  # noqa: F401
 from tests.rigs.ssh_fixtures import require_sshd
-from tests.rigs.sshd import SshdServer
 from tests.test_android import device_entry, require_litert
 
 pytestmark = [pytest.mark.rig, pytest.mark.slow]

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import pytest
 
+import harness.lab as lab
 from backends.adb import AdbClient
-from tests.rigs.adb_device import LoopbackAdbDevice, sandbox_available
+from harness.lab.adb_device import LoopbackAdbDevice, sandbox_available
 
-STANDIN = Path(__file__).with_name("benchmark_model_standin.py")
+STANDIN = Path(lab.__file__).with_name("benchmark_model_standin.py")
 
 
 def _missing(reason: str) -> None:

@@ -13,7 +13,7 @@ CI never silently loses the arm64 coverage.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import re
 import subprocess
@@ -22,20 +22,15 @@ from pathlib import Path
 
 import pytest
 
-RIG_DIR = Path(__file__).resolve().parent / "arm64_board"
+import harness.lab.arm64_board as arm64_board_package
+
+RIG_DIR = Path(arm64_board_package.__file__).resolve().parent
 BUILD_SCRIPT = RIG_DIR / "build.py"
 BUILD_TIMEOUT_S = 45 * 60
 
 
 def _load_board_module():
-    name = "convbench_arm64_board"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, RIG_DIR / "board.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("harness.lab.arm64_board.board")
 
 
 def __getattr__(name):  # lazy: ``from tests.rigs.arm64_fixtures import Arm64Board``

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from backends.ssh_connection import SshTarget
-from tests.rigs.sshd import SshdServer, sshd_available
+from harness.lab.sshd import SshdServer, sshd_available
 
 
 def require_sshd() -> None:
