@@ -558,10 +558,12 @@ def _print_check(name: str, transport: str, result: dict) -> None:
 from harness.cli_analysis import register  # noqa: E402
 from harness.cli_cluster import register as register_cluster  # noqa: E402
 from harness.cli_history import register as register_history  # noqa: E402
+from harness.cli_lab import register as register_lab  # noqa: E402
 
 register(main)
 register_cluster(main)
 register_history(main)
+register_lab(main)
 
 
 def run() -> None:  # console-script entry point
