@@ -7,7 +7,8 @@ figure or a ratio; they are listed by ``excluded``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,14 @@ GROUP = ["device", "backend", "threads", "delegate"]
 # The bootstrap resamples at most this many samples per side (evenly spaced in time).
 # Beyond it the interval only gets wider (conservative); 100k samples would take seconds.
 MAX_BOOTSTRAP_SAMPLES = 5000
+# measured/theoretical of a pair is the separable layer's achieved GMAC/s over the standard conv's.
+# A standard conv at under this fraction of its backend's typical GMAC/s on the device (the median
+# of the backend's *other* standard convs there) inflates that ratio by the inverse of the fraction
+# or more: the ratio then measures the standard conv's inefficiency, not the separable layer's gain.
+SLOW_STANDARD_FRACTION = 0.5
+# "Typical" needs a few convs to be a median of: with fewer other standard convs no pair is flagged.
+MIN_OTHER_STANDARD_CONVS = 2
+SLOW_STANDARD_REASON = "its ratio measures the standard conv's inefficiency, not the separable layer's gain"
 
 
 def thin(samples: Sequence[float], limit: int = MAX_BOOTSTRAP_SAMPLES) -> list[float]:
@@ -75,12 +84,31 @@ def _key_dict(keys: list[str], values: Any) -> dict[str, Any]:
     return dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
 
 
+def geometric_mean(values: Sequence[float]) -> float:
+    """The mean of ratios: 0.5 and 2.0 average to 1.0 (the arithmetic mean would say 1.25)."""
+    positive = [float(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    return math.exp(sum(math.log(v) for v in positive) / len(positive)) if positive else math.nan
+
+
+def _typical_other_gmacs(standard: pd.DataFrame) -> dict[str, float]:
+    """Per standard conv: the median GMAC/s of the group's other standard convs (NaN with too few)."""
+    rates = dict(zip(standard["workload_id"], standard["macs"] / standard["latency_median"] / 1e9, strict=True))
+    typical = {}
+    for workload_id in rates:
+        others = [rate for other, rate in rates.items() if other != workload_id]
+        typical[workload_id] = float(np.median(others)) if len(others) >= MIN_OTHER_STANDARD_CONVS else math.nan
+    return typical
+
+
 def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
     """One row per standard/separable pair and device x backend x threads (x run).
 
     theoretical_speedup is the MAC ratio standard/separable; measured_speedup the ratio
     of median latencies, with a percentile-bootstrap 95% CI (speedup_ci_low/high);
-    efficiency = measured / theoretical.
+    efficiency = measured / theoretical.  ``standard_gmacs_per_s`` is the standard conv's
+    achieved throughput, ``typical_standard_gmacs_per_s`` the median over the same
+    device/backend/threads' other standard convs, and ``slow_standard`` is true when the
+    first is under ``SLOW_STANDARD_FRACTION`` of the second (see there).
     """
     valid_rows = _valid(frame)
     if valid_rows.empty or "pair_id" not in valid_rows:
@@ -91,6 +119,7 @@ def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for group_values, group in valid_rows.groupby(keys, dropna=False):
         by_id = {row["workload_id"]: row for _, row in group.iterrows()}
+        typical = _typical_other_gmacs(group[group["kind"] == "standard"]) if "kind" in group else {}
         for workload_id, sep in by_id.items():
             if sep.get("kind") != "separable":
                 continue
@@ -108,6 +137,8 @@ def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
                     and std_samples and sep_samples:
                 _, lo, hi = bootstrap_ratio_ci(thin(std_samples), thin(sep_samples), n_boot=bootstrap)
             theoretical = 1.0 / sep["ratio"]
+            standard_gmacs = std["macs"] / std["latency_median"] / 1e9
+            typical_gmacs = typical.get(std["workload_id"], math.nan)
             row = _key_dict(keys, group_values)
             row.update(
                 pair_id=workload_id, m=int(sep["m"]), n=int(sep["n"]), k=int(sep["k"]), x=int(sep["x"]),
@@ -119,6 +150,8 @@ def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
                 standard_id=sep["standard_id"], runtime_version=sep.get("runtime_version"),
                 n_standard=len(std_samples) if isinstance(std_samples, list) else None,
                 n_separable=len(sep_samples) if isinstance(sep_samples, list) else None,
+                standard_gmacs_per_s=standard_gmacs, typical_standard_gmacs_per_s=typical_gmacs,
+                slow_standard=bool(standard_gmacs < SLOW_STANDARD_FRACTION * typical_gmacs),
             )
             rows.append(row)
     return pd.DataFrame(rows)
@@ -132,8 +165,11 @@ def _invocation_medians(row: Any) -> list[float]:
 def efficiency_summary(pairs: pd.DataFrame) -> pd.DataFrame:
     """Per device x backend x threads (x run): how much of the theoretical speedup is reached.
 
-    ``mean_efficiency`` is the arithmetic mean of measured/theoretical over the pairs;
-    the lowest and highest pairs are named by their N (output channels) and Dx (input size).
+    ``geomean_efficiency`` is the geometric mean of measured/theoretical over the pairs (a
+    mean of ratios: 27% and 286% average to 88%, where the arithmetic mean would say 157%),
+    the lowest and highest pairs give its range and are named by their N (output channels)
+    and Dx (input size).  ``slow_standard_pairs`` counts the pairs flagged ``slow_standard``;
+    ``geomean_efficiency_unflagged`` is the geometric mean without them (NaN when none is left).
     """
     if pairs.empty:
         return pd.DataFrame()
@@ -142,16 +178,19 @@ def efficiency_summary(pairs: pd.DataFrame) -> pd.DataFrame:
     for group_values, group in pairs.groupby(keys, dropna=False, sort=True):
         low = group.loc[group["efficiency"].idxmin()]
         high = group.loc[group["efficiency"].idxmax()]
+        slow = group["slow_standard"].astype(bool) if "slow_standard" in group else pd.Series(False, group.index)
         row = _key_dict(keys, group_values)
         row.update(
-            pairs=len(group), mean_efficiency=float(group["efficiency"].mean()),
+            pairs=len(group), geomean_efficiency=geometric_mean(group["efficiency"]),
             median_efficiency=float(group["efficiency"].median()),
-            mean_measured_speedup=float(group["measured_speedup"].mean()),
-            mean_theoretical_speedup=float(group["theoretical_speedup"].mean()),
+            geomean_measured_speedup=geometric_mean(group["measured_speedup"]),
+            geomean_theoretical_speedup=geometric_mean(group["theoretical_speedup"]),
             lowest_pair=low["pair_id"], lowest_n=int(low["n"]), lowest_x=int(low["x"]),
             lowest_efficiency=float(low["efficiency"]),
             highest_pair=high["pair_id"], highest_n=int(high["n"]), highest_x=int(high["x"]),
             highest_efficiency=float(high["efficiency"]),
+            slow_standard_pairs=int(slow.sum()),
+            geomean_efficiency_unflagged=geometric_mean(group.loc[~slow, "efficiency"]),
         )
         rows.append(row)
     return pd.DataFrame(rows)
@@ -230,20 +269,44 @@ def v1_vs_twin(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def multi_delegate(frame: pd.DataFrame) -> bool:
-    """Whether some backend ran with more than one delegate (then labels must name it)."""
-    if frame.empty or "delegate" not in frame or "backend" not in frame:
-        return False
-    delegates = frame.assign(delegate=frame["delegate"].fillna("")).groupby("backend")["delegate"].nunique()
-    return bool((delegates > 1).any())
+def delegate_backends(frame: pd.DataFrame) -> frozenset[str]:
+    """Backends whose labels name the delegate: a job asked for one (an Android delegate:
+    xnnpack, gpu, nnapi rows differ), or the backend ran with more than one.
+
+    Counted over every record given, excluded ones too: when the gpu and nnapi rows fell back
+    and were excluded, the xnnpack rows left must still say they are xnnpack.
+    """
+    if frame.empty or "backend" not in frame:
+        return frozenset()
+    named: set[str] = set()
+    if "requested_delegate" in frame:
+        requested = frame[frame["requested_delegate"].apply(lambda d: isinstance(d, str) and bool(d))]
+        named.update(str(b) for b in requested["backend"].unique())
+    if "delegate" in frame:
+        # A record with no delegate (a job that failed before the runtime said what it used) is no other one.
+        known = frame[frame["delegate"].apply(lambda d: isinstance(d, str) and bool(d))]
+        delegates = known.groupby("backend")["delegate"].nunique()
+        named.update(str(b) for b in delegates[delegates > 1].index)
+    return frozenset(named)
 
 
-def series_label(row: Any, multi_threads: bool, multi_delegate: bool = False) -> str:
-    """backend[/delegate][ tN]: the legend entry of one measurement in the figures."""
+def backend_label(row: Any, named_delegates: Collection[str] = ()) -> str:
+    """backend, or backend[delegate] when its backend is in ``named_delegates``."""
     label = str(row["backend"])
     delegate = row.get("delegate") if hasattr(row, "get") else None
-    if multi_delegate and isinstance(delegate, str) and delegate:
-        label += f"/{delegate}"
+    if label in named_delegates and isinstance(delegate, str) and delegate:
+        label += f"[{delegate}]"
+    return label
+
+
+def series_label(row: Any, multi_threads: bool, named_delegates: Collection[str] = ()) -> str:
+    """backend[delegate][ tN]: the legend entry of one measurement in the figures."""
+    label = backend_label(row, named_delegates)
     if multi_threads:
         label += f" t{row['threads']}"
     return label
+
+
+def where_label(row: Any, named_delegates: Collection[str] = ()) -> str:
+    """device/backend[delegate]/tN: a table row's measurement setting."""
+    return f"{row['device']}/{backend_label(row, named_delegates)}/t{row['threads']}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -73,7 +74,9 @@ def test_efficiency_summary_names_lowest_pair(pairs):
     summary = analysis.efficiency_summary(pairs)
     ort = _row(summary, backend="onnxruntime")
     assert ort["pairs"] == 2
-    assert ort["mean_efficiency"] == pytest.approx((4 / theory(64) + 6 / theory(32)) / 2)
+    assert ort["geomean_efficiency"] == pytest.approx(((4 / theory(64)) * (6 / theory(32))) ** 0.5)
+    assert ort["lowest_efficiency"] == pytest.approx(4 / theory(64))
+    assert ort["highest_efficiency"] == pytest.approx(6 / theory(32))
     assert (ort["lowest_n"], ort["lowest_x"]) == (64, 28) and (ort["highest_n"], ort["highest_x"]) == (32, 56)
     assert _row(summary, backend="tflite")["pairs"] == 1
 
@@ -132,3 +135,94 @@ def test_thin_keeps_order_and_ends():
     thinned = analysis.thin(values, 1000)
     assert len(thinned) == 1000 and thinned[0] == 0 and thinned[-1] == 99_999 and thinned == sorted(thinned)
     assert analysis.thin([1.0, 2.0], 1000) == [1.0, 2.0]
+
+
+# ---------------------------------------------------------------- hand-built frames for the report's rules
+QUICK_PAIRS = ["M32-N64-k3-x112-s1", "M128-N128-k3-x56-s1", "M512-N512-k3-x14-s1", "M1024-N1024-k3-x7-s1"]
+
+
+def measured(workload_id: str, median_ms: float, device: str = "local", backend: str = "torch",
+             delegate: str | None = None, requested: str | None = None, status: str = "ok") -> dict:
+    """One row as ``load_frame`` gives it: the workload's cost columns and a median latency."""
+    from harness.catalog import workload_row
+
+    return {**workload_row(workload_id), "run_id": "r", "device": device, "backend": backend, "threads": 1,
+            "delegate": requested or delegate, "requested_delegate": requested, "provider": delegate,
+            "status": status, "latency_median": median_ms / 1e3, "samples_s": None}
+
+
+def quick_pairs(backend: str, medians_ms: list[tuple[float, float]], **where) -> list[dict]:
+    rows = []
+    for pair, (standard, separable) in zip(QUICK_PAIRS, medians_ms, strict=True):
+        rows += [measured(f"conv-standard-{pair}", standard, backend=backend, **where),
+                 measured(f"conv-separable-{pair}", separable, backend=backend, **where)]
+    return rows
+
+
+def test_efficiency_average_is_geometric_with_its_range():
+    # Issue 16: 27% and 286% averaged arithmetically read "157%"; as ratios they average to 88%.
+    pairs = pd.DataFrame([
+        {"device": "d", "backend": "torch", "threads": 1, "delegate": "", "pair_id": p, "n": n, "x": x,
+         "efficiency": eff, "measured_speedup": eff * 8.0, "theoretical_speedup": 8.0, "slow_standard": False}
+        for p, n, x, eff in (("a", 64, 112, 0.27), ("b", 1024, 7, 2.86))])
+    row = analysis.efficiency_summary(pairs).iloc[0]
+    assert row["geomean_efficiency"] == pytest.approx((0.27 * 2.86) ** 0.5) == pytest.approx(0.8788, abs=1e-4)
+    assert (row["lowest_efficiency"], row["highest_efficiency"]) == (0.27, 2.86)
+    assert (row["lowest_n"], row["highest_n"]) == (64, 1024)
+    assert analysis.geometric_mean([0.5, 2.0]) == pytest.approx(1.0)
+    assert np.isnan(analysis.geometric_mean([]))
+
+
+def test_pair_flagged_when_its_standard_conv_runs_far_below_the_backends_typical_rate():
+    # torch's M1024 standard conv at 43.5 ms (10.6 GMAC/s) against ~24 GMAC/s for its other standard
+    # convs (issue 16); onnxruntime's run evenly; the phone has one standard conv: no "typical" to judge by.
+    torch = [(9.5, 4.46), (19.0, 3.76), (18.5, 2.62), (43.5, 1.706)]
+    ort = [(6.0, 1.2), (11.8, 1.75), (11.5, 1.45), (11.6, 1.4)]
+    phone = [measured(f"conv-standard-{QUICK_PAIRS[0]}", 90.0, device="pixel7", backend="tflite", requested="gpu"),
+             measured(f"conv-separable-{QUICK_PAIRS[0]}", 4.0, device="pixel7", backend="tflite", requested="gpu")]
+    frame = pd.DataFrame(quick_pairs("torch", torch) + quick_pairs("onnxruntime", ort) + phone)
+    pairs = analysis.pair_speedups(frame, bootstrap=0)
+    flagged = pairs[pairs["slow_standard"]]
+    assert list(zip(flagged["backend"], flagged["n"], strict=True)) == [("torch", 1024)]
+    row = flagged.iloc[0]
+    assert row["standard_gmacs_per_s"] == pytest.approx(462_422_016 / 0.0435 / 1e9)
+    # the median of the other three standard convs' GMAC/s, not counting the slow one itself
+    others = [231_211_008 / 0.0095 / 1e9, 462_422_016 / 0.019 / 1e9, 462_422_016 / 0.0185 / 1e9]
+    assert row["typical_standard_gmacs_per_s"] == pytest.approx(float(np.median(others)))
+    assert row["efficiency"] > 2.8  # what the flag warns about: far above the theory
+    assert np.isnan(_row(pairs, device="pixel7")["typical_standard_gmacs_per_s"])
+
+    summary = analysis.efficiency_summary(pairs)
+    torch_row = _row(summary, backend="torch")
+    assert torch_row["slow_standard_pairs"] == 1
+    unflagged = pairs[(pairs["backend"] == "torch") & ~pairs["slow_standard"]]["efficiency"]
+    assert torch_row["geomean_efficiency_unflagged"] == pytest.approx(float(np.exp(np.log(unflagged).mean())))
+    assert _row(summary, backend="onnxruntime")["slow_standard_pairs"] == 0
+
+    # The rule's edge (SLOW_STANDARD_FRACTION of the typical rate): just above it passes, just below is flagged.
+    typical_ms = 462_422_016 / (row["typical_standard_gmacs_per_s"] * 1e9) * 1e3
+    for factor, flagged_expected in ((0.99, False), (1.01, True)):
+        slower = typical_ms / analysis.SLOW_STANDARD_FRACTION * factor
+        edge = analysis.pair_speedups(pd.DataFrame(quick_pairs("torch", [*torch[:3], (slower, 1.706)])), bootstrap=0)
+        assert list(edge["slow_standard"]) == [False, False, False, flagged_expected]
+
+
+def test_delegate_named_when_requested_or_several():
+    phone = [measured("mobilenet_v2-1.0-224", 25.0, device="pixel7", backend="tflite", requested="xnnpack",
+                      delegate="xnnpack"),
+             measured("mobilenet_v2-1.0-224", 30.0, device="pixel7", backend="tflite", requested="gpu",
+                      delegate="xnnpack", status="invalid")]
+    local = [measured("mobilenet_v2-1.0-224", 12.0, backend="onnxruntime", delegate="CPUExecutionProvider"),
+             measured("mobilenet_v2-1.0-224", 20.0, backend="torch", delegate="cpu")]
+    frame = pd.DataFrame(phone + local)
+    # the gpu row fell back and is excluded: the xnnpack row left still says it is xnnpack
+    named = analysis.delegate_backends(frame)
+    assert named == {"tflite"}
+    valid = analysis.valid(frame)
+    labels = sorted(analysis.where_label(row, named) for _, row in valid.iterrows())
+    assert labels == ["local/onnxruntime/t1", "local/torch/t1", "pixel7/tflite[xnnpack]/t1"]
+    # a backend that ran with two providers names them, without any request
+    two = pd.DataFrame(local + [measured("mobilenet_v2-1.0-224", 5.0, backend="torch", delegate="cuda")])
+    assert analysis.delegate_backends(two) == {"torch"}
+    assert analysis.series_label(two.iloc[2], False, {"torch"}) == "torch[cuda]"
+    assert analysis.series_label(two.iloc[2], True, {"torch"}) == "torch[cuda] t1"

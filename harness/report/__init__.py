@@ -32,11 +32,12 @@ class ReportResult:
 
 
 def analyse(frame: Any, bootstrap: int = 1000) -> dict[str, Any]:
-    """Every analysis table of a tidy frame, by name."""
+    """Every analysis table of a tidy frame, by name, and the backends whose labels name the delegate."""
     from harness import analysis
 
     pairs = analysis.pair_speedups(frame, bootstrap=bootstrap)
     return {
+        "delegate_backends": analysis.delegate_backends(frame),
         "valid": analysis.valid(frame),
         "pairs": pairs,
         "efficiency": analysis.efficiency_summary(pairs),
@@ -56,7 +57,6 @@ def default_title(infos: list[dict[str, Any]]) -> str:
 
 def build_report(run_paths: list[Path], out_dir: Path, title: str | None = None,
                  bootstrap: int = 1000) -> ReportResult:
-    from harness.analysis import multi_delegate
     from harness.report import figures as figures_mod
     from harness.report import html, markdown, summary, tables
     from harness.store import load_frame, read_run
@@ -75,7 +75,7 @@ def build_report(run_paths: list[Path], out_dir: Path, title: str | None = None,
     lines = summary.summary_lines(analysed, frame)
     all_records = [record for _, records in runs for record in records]
     figs = figures_mod.make_figures(analysed, summary.energy_note(all_records))
-    delegates = multi_delegate(analysed["valid"])
+    delegates = analysed["delegate_backends"]
     display = [
         tables.efficiency_table(analysed["efficiency"], delegates),
         tables.pairs_table(analysed["pairs"], delegates),

@@ -4,12 +4,16 @@ Every figure function takes analysis tables and returns a ``Figure`` record: the
 matplotlib figure, or ``None`` with the reason it could not be drawn (no pairs, no
 energy sensor, ...), so the report can say why instead of showing an empty plot.
 Colours identify the backend (same colour in every figure), markers the device.
-Legends sit outside the axes so they never cover data.
+Legends sit outside the axes so they never cover data; they are saved with
+``bbox_inches="tight"``, so every legend must count towards the figure's extent (see
+``_keep_legend``).
 """
 
 from __future__ import annotations
 
 import io
+import textwrap
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +27,13 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from harness.analysis import multi_delegate, series_label
+from harness.analysis import delegate_backends, series_label
 
 DPI = 110
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 KIND_MARKERS = {"standard": "o", "separable": "s", "depthwise": "^", "pointwise": "v", "network": "*"}
+# Characters per line of the energy panel's "not measured" reasons: its 5.5 in at 8 pt hold ~75.
+ENERGY_NOTE_CHARS = 60
 KIND_LABELS = {"standard": "standard conv", "separable": "depthwise-separable", "depthwise": "depthwise only",
                "pointwise": "pointwise only", "network": "network"}
 
@@ -39,6 +45,7 @@ class Figure:
     caption: str
     figure: Any = None  # matplotlib Figure, or None
     note: str = ""  # why it is missing
+    omitted: str = ""  # what the drawn figure leaves out, and why (shown with the caption)
 
     def png(self) -> bytes:
         buffer = io.BytesIO()
@@ -51,11 +58,11 @@ class Figure:
 
 
 class Style:
-    """Colour per series (backend[/delegate][ tN]) and marker per device, stable across figures."""
+    """Colour per series (backend[delegate][ tN]) and marker per device, stable across figures."""
 
-    def __init__(self, frame: pd.DataFrame) -> None:
+    def __init__(self, frame: pd.DataFrame, named_delegates: Collection[str] | None = None) -> None:
         self.multi_threads = "threads" in frame and frame["threads"].nunique() > 1
-        self.multi_delegate = multi_delegate(frame)
+        self.named_delegates = delegate_backends(frame) if named_delegates is None else named_delegates
         labels = sorted({self.series(row) for _, row in frame.iterrows()}) if not frame.empty else []
         cmap = plt.get_cmap("tab10")
         self.colours = {label: cmap(i % 10) for i, label in enumerate(labels)}
@@ -63,7 +70,7 @@ class Style:
         self.markers = {device: MARKERS[i % len(MARKERS)] for i, device in enumerate(devices)}
 
     def series(self, row: Any) -> str:
-        return series_label(row, self.multi_threads, self.multi_delegate)
+        return series_label(row, self.multi_threads, self.named_delegates)
 
     def colour(self, label: str) -> Any:
         return self.colours.get(label, "grey")
@@ -79,12 +86,30 @@ class Style:
         first = ax.legend(handles=handles, title="backend", loc="upper left", bbox_to_anchor=(1.02, 1.0),
                           borderaxespad=0, frameon=False)
         if len(devices) > 1 or extra:
-            ax.add_artist(first)  # keep it when the second legend replaces ax.legend_
+            _keep_legend(ax, first)
             device_handles = [Line2D([], [], color="0.3", marker=self.marker(d), linestyle="none", markersize=7,
                                      label=d) for d in devices]
-            ax.legend(handles=device_handles + (extra or []),
-                      title="device" + (f" / {extra_title}" if extra_title else ""),
-                      loc="lower left", bbox_to_anchor=(1.02, 0.0), borderaxespad=0, frameon=False)
+            _legend_below(ax, first, handles=device_handles + (extra or []),
+                          title="device" + (f" / {extra_title}" if extra_title else ""))
+
+
+def _keep_legend(ax: Any, legend: Any) -> None:
+    """Keep ``legend`` when a second one replaces ``ax.legend_``, unclipped.
+
+    ``add_artist`` clips the legend to the axes; a legend outside them then no longer counts
+    towards the saved figure's tight extent, and a label wider than the next legend's is cut
+    at the image edge ("onnxrun").
+    """
+    ax.add_artist(legend)
+    legend.set_clip_on(False)
+
+
+def _legend_below(ax: Any, above: Any, **kwargs: Any) -> Any:
+    """A second legend right under ``above``, outside the axes: however many entries either has,
+    they never sit on top of each other (anchoring it at the axes' bottom did, with many backends)."""
+    extent = above.get_window_extent(ax.figure.canvas.get_renderer()).transformed(ax.transAxes.inverted())
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, extent.y0 - 0.05), borderaxespad=0, frameon=False,
+                     **kwargs)
 
 
 def _times_formatter(value: float, _pos: Any) -> str:
@@ -243,13 +268,16 @@ def roofline_figure(workloads: pd.DataFrame, style: Style) -> Figure:
                for s in sorted(series_seen)]
     first = last.legend(handles=handles, title="backend", loc="upper left", bbox_to_anchor=(1.02, 1.0),
                         borderaxespad=0, frameon=False)
-    last.add_artist(first)
-    last.legend(handles=kind_handles, title="workload kind", loc="lower left", bbox_to_anchor=(1.02, 0.0),
-                borderaxespad=0, frameon=False)
+    _keep_legend(last, first)
+    _legend_below(last, first, handles=kind_handles, title="workload kind")
     if len(devices) > 1:
         fig.suptitle(figure.title, y=1.02)
     figure.figure = fig
     return figure
+
+
+def _has_samples(value: Any) -> bool:
+    return isinstance(value, list) and bool(value)
 
 
 def network_latency_figure(frame: pd.DataFrame, style: Style) -> Figure:
@@ -259,21 +287,34 @@ def network_latency_figure(frame: pd.DataFrame, style: Style) -> Figure:
     if frame.empty or "kind" not in frame:
         figure.note = "no valid network measurement"
         return figure
-    nets = frame[(frame["kind"] == "network") & frame["samples_s"].apply(lambda s: isinstance(s, list) and bool(s))]
+    all_nets = frame[frame["kind"] == "network"]
+    if all_nets.empty:
+        figure.note = "no valid network measurement"
+        return figure
+    has_samples = all_nets["samples_s"].apply(_has_samples) if "samples_s" in all_nets \
+        else pd.Series(False, all_nets.index)
+    nets = all_nets[has_samples]
+    # Keyed on the data, not on the device type: a tool that reports only summary statistics
+    # (Android's benchmark_model) leaves nothing to draw a distribution from.
+    left_out = sorted({f"{r['device']}/{style.series(r)}" for _, r in all_nets[~has_samples].iterrows()})
+    if left_out:
+        figure.omitted = f"Not shown: {', '.join(left_out)} (no raw samples: only summary statistics were recorded)."
     if nets.empty:
-        figure.note = "no valid network measurement with raw samples"
+        figure.note = "no valid network measurement with raw samples" + (
+            f"; {', '.join(left_out)} recorded only summary statistics" if left_out else "")
         return figure
     names = sorted(nets["workload_id"].unique(), key=lambda w: nets[nets["workload_id"] == w]["macs"].iloc[0])
     cols = min(2, len(names))
     rows = -(-len(names) // cols)
     height = max(2.2, 0.45 * nets.groupby("workload_id").size().max() + 1.2)
     fig, axes = plt.subplots(rows, cols, figsize=(7.0 * cols, height * rows), squeeze=False)
+    many_runs = "run_id" in nets and nets["run_id"].nunique() > 1
     for index, name in enumerate(names):
         ax = axes[index // cols][index % cols]
         subset = nets[nets["workload_id"] == name]
         subset = subset.sort_values(["device", "backend", "threads"])
-        labels = [f"{r['device']}/{style.series(r)}" + (f" ({r['run_id'][:15]})" if nets["run_id"].nunique() > 1
-                                                         else "") for _, r in subset.iterrows()]
+        labels = [f"{r['device']}/{style.series(r)}" + (f" ({r['run_id'][:15]})" if many_runs else "")
+                  for _, r in subset.iterrows()]
         data = [np.asarray(s) * 1e3 for s in subset["samples_s"]]
         boxes = ax.boxplot(data, orientation="horizontal", tick_labels=labels, patch_artist=True, widths=0.6,
                            flierprops={"markersize": 2, "alpha": 0.4}, medianprops={"color": "black"})
@@ -291,8 +332,11 @@ def network_latency_figure(frame: pd.DataFrame, style: Style) -> Figure:
         ax.grid(True, axis="x", alpha=0.3)
     for index in range(len(names), rows * cols):
         axes[index // cols][index % cols].set_visible(False)
-    fig.tight_layout()
-    fig.suptitle(figure.title, y=1.02)
+    fig.suptitle(figure.title)
+    fig.tight_layout()  # after the suptitle, so the panels' titles are laid out below it
+    if left_out:
+        # Below the figure's bottom edge (the x labels sit inside it); the tight save takes it in.
+        fig.text(0.01, 0.0, textwrap.fill(figure.omitted, 110), ha="left", va="top", fontsize=8, color="0.3")
     figure.figure = fig
     return figure
 
@@ -340,8 +384,11 @@ def energy_memory_figure(networks: pd.DataFrame, energy_note: str, style: Style)
                     edgecolor="black", linewidth=0.4, label=f"{device}/{label}")
 
     if energy.empty:
-        ax_e.text(0.5, 0.5, "energy not measured\n" + energy_note, ha="center", va="center", wrap=True,
-                  transform=ax_e.transAxes, fontsize=9, color="0.3")
+        # Wrapped to the panel's width by hand: matplotlib's wrap=True wraps at the figure's edge, so
+        # a long reason ran left over the workload labels beside the panel.
+        reasons = [textwrap.fill(line, ENERGY_NOTE_CHARS) for line in energy_note.splitlines() if line]
+        ax_e.text(0.5, 0.5, "\n".join(["energy not measured", *reasons]), ha="center", va="center",
+                  transform=ax_e.transAxes, fontsize=8, color="0.3", linespacing=1.4)
         ax_e.set_xticks([])
     else:
         bars(ax_e, "energy_j", 1e3)
@@ -370,7 +417,7 @@ def energy_memory_figure(networks: pd.DataFrame, energy_note: str, style: Style)
 def make_figures(tables: dict[str, pd.DataFrame], energy_note: str = "") -> list[Figure]:
     """All five figures from the valid measurements and the analysis tables."""
     valid = tables["valid"]
-    style = Style(valid)
+    style = Style(valid, tables.get("delegate_backends"))
     return [
         speedup_figure(tables["pairs"], style),
         latency_figure(tables["workloads"], style),

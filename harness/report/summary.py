@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import pandas as pd
 
-from harness.analysis import multi_delegate
+from harness.analysis import SLOW_STANDARD_REASON, backend_label, delegate_backends
 
 NOISY_CI = 0.05  # a 95% CI of the median wider than 5% of it is called noisy
 
 
-def _label(row: Any, multi_threads: bool, multi_delegate: bool = False) -> str:
-    text = f"{row['device']}/{row['backend']}"
-    if multi_delegate and isinstance(row.get("delegate"), str) and row.get("delegate"):
-        text += f"/{row['delegate']}"
+def _label(row: Any, multi_threads: bool, named_delegates: Collection[str] = ()) -> str:
+    text = f"{row['device']}/{backend_label(row, named_delegates)}"
     if multi_threads:
         text += f" with {row['threads']} thread{'s' if int(row['threads']) != 1 else ''}"
     return text
@@ -70,16 +68,16 @@ def provenance(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> dict[
 
 
 def energy_note(records: Iterable[dict[str, Any]]) -> str:
-    """Why energy was not measured, in one or two short lines."""
-    reasons = []
+    """Why energy was not measured, one short line per reason, naming the devices it applies to."""
+    devices_by_reason: dict[str, list[str]] = {}
     for record in records:
         energy = record.get("energy") or {}
         reason = energy.get("reason")
-        if isinstance(reason, str):
-            short = reason.split(";")[0].strip()
-            if short not in reasons:
-                reasons.append(short)
-    return "\n".join(r[:80] for r in reasons[:2])
+        if isinstance(reason, str) and energy.get("status") != "ok":
+            devices = devices_by_reason.setdefault(reason.split(";")[0].strip(), [])
+            if str(record.get("device", "?")) not in devices:
+                devices.append(str(record.get("device", "?")))
+    return "\n".join(f"{', '.join(devices)}: {reason}" for reason, devices in list(devices_by_reason.items())[:3])
 
 
 def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[str]:
@@ -88,7 +86,7 @@ def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[
     valid = tables["valid"]
     multi_threads = not valid.empty and valid["threads"].nunique() > 1
     multi_runs = not valid.empty and "run_id" in valid and valid["run_id"].nunique() > 1
-    delegates = multi_delegate(valid)
+    delegates = tables["delegate_backends"] if "delegate_backends" in tables else delegate_backends(valid)
 
     def who(row: Any, with_backend: bool = True) -> str:
         text = _label(row, multi_threads, delegates) if with_backend else str(row["device"])
@@ -99,24 +97,34 @@ def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[
     efficiency = tables["efficiency"]
     for _, row in efficiency.iterrows():
         if row["pairs"] == 1:
-            lines.append(f"On {who(row)}, the one separable layer measured reaches {row['mean_efficiency']:.0%} of "
-                         f"its theoretical speedup (N={row['lowest_n']}, Dx={row['lowest_x']}: "
-                         f"{row['mean_measured_speedup']:.2f}x measured vs {row['mean_theoretical_speedup']:.2f}x).")
+            lines.append(f"On {who(row)}, the one separable layer measured reaches {row['geomean_efficiency']:.0%} "
+                         f"of its theoretical speedup (N={row['lowest_n']}, Dx={row['lowest_x']}: "
+                         f"{row['geomean_measured_speedup']:.2f}x measured vs "
+                         f"{row['geomean_theoretical_speedup']:.2f}x).")
             continue
-        lines.append(f"On {who(row)}, separable layers reach {row['mean_efficiency']:.0%} of the theoretical speedup "
-                     f"on average ({row['pairs']} pairs); lowest for N={row['lowest_n']}, Dx={row['lowest_x']} "
-                     f"({row['lowest_efficiency']:.0%}), highest for N={row['highest_n']}, Dx={row['highest_x']} "
-                     f"({row['highest_efficiency']:.0%}).")
+        lines.append(f"On {who(row)}, separable layers reach {row['geomean_efficiency']:.0%} of the theoretical "
+                     f"speedup (geometric mean of {row['pairs']} pairs, range {row['lowest_efficiency']:.0%} to "
+                     f"{row['highest_efficiency']:.0%}): lowest for N={row['lowest_n']}, Dx={row['lowest_x']}, "
+                     f"highest for N={row['highest_n']}, Dx={row['highest_x']}.")
+        lines += _slow_standard_lines(row, tables, who)
     run_key = ["run_id"] if multi_runs and "run_id" in efficiency else []
-    if not efficiency.empty and efficiency["backend"].nunique() > 1:
-        for _, group in efficiency.groupby([*run_key, "device"]):
-            if group["backend"].nunique() < 2:
+    if not efficiency.empty:
+        series = efficiency.apply(lambda r: backend_label(r, delegates), axis=1)
+        for _, group in efficiency.assign(series=series).groupby([*run_key, "device", "threads"]):
+            if group["series"].nunique() < 2:
                 continue
-            best = group.loc[group["mean_efficiency"].idxmax()]
-            worst = group.loc[group["mean_efficiency"].idxmin()]
-            lines.append(f"On {who(best, with_backend=False)}, {best['backend']} comes closest to the theory for "
-                         f"separable layers ({best['mean_efficiency']:.0%} on average), {worst['backend']} is "
-                         f"furthest ({worst['mean_efficiency']:.0%}).")
+            best = group.loc[group["geomean_efficiency"].idxmax()]
+            worst = group.loc[group["geomean_efficiency"].idxmin()]
+            if f"{best['geomean_efficiency']:.0%}" == f"{worst['geomean_efficiency']:.0%}":
+                *others, last = sorted(group["series"])
+                lines.append(f"On {who(best, with_backend=False)}, {', '.join(others)} and {last} come "
+                             f"equally close to the theory for separable layers ({best['geomean_efficiency']:.0%}).")
+                continue
+            threads = f" with {best['threads']} thread{'s' if int(best['threads']) != 1 else ''}" \
+                if multi_threads else ""
+            lines.append(f"On {who(best, with_backend=False)}{threads}, {best['series']} comes closest to the theory "
+                         f"for separable layers ({best['geomean_efficiency']:.0%}, geometric mean), "
+                         f"{worst['series']} is furthest ({worst['geomean_efficiency']:.0%}).")
     for _, row in tables["v1_vs_twin"].iterrows():
         lines.append(f"On {who(row)}, {row['workload_id']} runs {row['measured_speedup']:.1f}x "
                      f"faster than its standard-conv twin (theory {row['theoretical_speedup']:.1f}x, "
@@ -129,9 +137,10 @@ def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[
                 continue
             ordered = group.sort_values("latency_median")
             first, others = ordered.iloc[0], ordered.iloc[1:]
-            rest = ", ".join(f"{r['backend']} {r['latency_median'] * 1e3:.2f} ms" for _, r in others.iterrows())
+            rest = ", ".join(f"{backend_label(r, delegates)} {r['latency_median'] * 1e3:.2f} ms"
+                             for _, r in others.iterrows())
             lines.append(f"{first['workload_id']} on {who(first, with_backend=False)}: fastest with "
-                         f"{first['backend']} at {first['latency_median'] * 1e3:.2f} ms ({rest}).")
+                         f"{backend_label(first, delegates)} at {first['latency_median'] * 1e3:.2f} ms ({rest}).")
     if not valid.empty and "latency_ci_rel_width" in valid:
         noisy = valid[valid["latency_ci_rel_width"] > NOISY_CI]
         if len(noisy):
@@ -155,4 +164,28 @@ def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[
                      + ", ".join(f"{n} {s}" for s, n in counts.items()) + "); they are listed below.")
     if valid.empty:
         lines.append("No valid measurement: nothing to analyse.")
+    return lines
+
+
+def _slow_standard_lines(group_row: Any, tables: dict[str, Any], who: Any) -> list[str]:
+    """For one efficiency row: a sentence per flagged pair (how slow its standard conv runs), and the
+    group's geometric mean without them."""
+    pairs = tables["pairs"]
+    if not group_row.get("slow_standard_pairs") or pairs.empty or "slow_standard" not in pairs:
+        return []
+    delegates = tables.get("delegate_backends", ())
+    flagged = pairs[pairs["slow_standard"].astype(bool)]
+    for key in ["run_id", "device", "backend", "threads", "delegate"]:
+        if key in flagged and key in group_row:
+            flagged = flagged[flagged[key] == group_row[key]]
+    lines = []
+    for _, row in flagged.iterrows():
+        share = row["standard_gmacs_per_s"] / row["typical_standard_gmacs_per_s"]
+        lines.append(f"On {who(row)}, the pair N={row['n']}, Dx={row['x']} ({row['efficiency']:.0%} of the "
+                     f"theory) is flagged: its standard conv runs at {row['standard_gmacs_per_s']:.1f} GMAC/s, "
+                     f"{share:.2f}x the {row['typical_standard_gmacs_per_s']:.1f} GMAC/s typical of "
+                     f"{backend_label(row, delegates)}'s other standard convs there, so {SLOW_STANDARD_REASON}.")
+    if pd.notna(group_row.get("geomean_efficiency_unflagged")):
+        lines.append(f"Without the flagged pair{'s' if len(flagged) > 1 else ''}, {who(group_row)} reaches "
+                     f"{group_row['geomean_efficiency_unflagged']:.0%} of the theoretical speedup (geometric mean).")
     return lines

@@ -7,10 +7,13 @@ frames.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+
+from harness.analysis import SLOW_STANDARD_FRACTION, SLOW_STANDARD_REASON, backend_label, where_label
 
 
 @dataclass
@@ -67,46 +70,52 @@ def fixed(value: Any, digits: int = 1) -> str:
     return "" if number is None else f"{number:.{digits}f}"
 
 
-def _where(row: Any, show_delegate: bool = False) -> str:
-    """device/backend[/delegate]/tN; the delegate when some backend ran with several."""
-    backend = row["backend"]
-    delegate = row.get("delegate") if hasattr(row, "get") else None
-    if show_delegate and isinstance(delegate, str) and delegate:
-        backend = f"{backend}/{delegate}"
-    return f"{row['device']}/{backend}/t{row['threads']}"
+def where_column(named_delegates: Collection[str]) -> str:
+    return "device/backend[delegate]/threads" if named_delegates else "device/backend/threads"
 
 
-def pairs_table(pairs: pd.DataFrame, show_delegate: bool = False) -> Table:
+def slow_standard_note(row: Any, named_delegates: Collection[str] = ()) -> str:
+    """Why a pair is flagged, or "" when it is not."""
+    if not bool(row.get("slow_standard")):
+        return ""
+    share = row["standard_gmacs_per_s"] / row["typical_standard_gmacs_per_s"]
+    return (f"standard conv at {share:.2f}x {backend_label(row, named_delegates)}'s typical GMAC/s: "
+            f"{SLOW_STANDARD_REASON}")
+
+
+def pairs_table(pairs: pd.DataFrame, named_delegates: Collection[str] = ()) -> Table:
     table = Table("pairs", "Standard vs depthwise-separable layer pairs",
-                  ["device/backend/threads", "pair (M, N, Dk, Dx, stride)", "standard ms", "separable ms",
-                   "theoretical", "measured [95% CI]", "measured / theoretical"],
-                  note="theoretical = standard MACs / separable MACs; measured = ratio of median latencies.")
-    def where(row: Any) -> str:
-        return _where(row, show_delegate)
-
+                  [where_column(named_delegates), "pair (M, N, Dk, Dx, stride)", "standard ms", "separable ms",
+                   "theoretical", "measured [95% CI]", "measured / theoretical", "standard GMAC/s [typical]",
+                   "flag"],
+                  note="theoretical = standard MACs / separable MACs; measured = ratio of median latencies. "
+                       "typical = median GMAC/s of the same backend's other standard convs on the device; a pair "
+                       f"whose standard conv runs under {SLOW_STANDARD_FRACTION:.0%} of it is flagged: "
+                       f"{SLOW_STANDARD_REASON}.")
     for _, row in pairs.iterrows():
         ci = f" [{times(row['speedup_ci_low'])}, {times(row['speedup_ci_high'])}]" \
             if _num(row.get("speedup_ci_low")) is not None else ""
-        table.rows.append([where(row), f"{row['m']}, {row['n']}, {row['k']}, {row['x']}, {row['stride']}",
+        typical = fixed(row.get("typical_standard_gmacs_per_s"), 1)
+        table.rows.append([where_label(row, named_delegates),
+                           f"{row['m']}, {row['n']}, {row['k']}, {row['x']}, {row['stride']}",
                            ms(row["standard_median_s"]), ms(row["separable_median_s"]),
                            times(row["theoretical_speedup"]), times(row["measured_speedup"]) + ci,
-                           percent(row["efficiency"])])
+                           percent(row["efficiency"]) + (" flagged" if bool(row.get("slow_standard")) else ""),
+                           fixed(row.get("standard_gmacs_per_s"), 1) + (f" [{typical}]" if typical else ""),
+                           slow_standard_note(row, named_delegates)])
     return table
 
 
-def workloads_table(workloads: pd.DataFrame, show_delegate: bool = False) -> Table:
+def workloads_table(workloads: pd.DataFrame, named_delegates: Collection[str] = ()) -> Table:
     table = Table("workloads", "Every valid measurement",
-                  ["device/backend/threads", "workload", "kind", "median ms [95% CI]", "MACs", "GMAC/s",
+                  [where_column(named_delegates), "workload", "kind", "median ms [95% CI]", "MACs", "GMAC/s",
                    "MAC/byte", "peak RSS", "energy mJ", "output"],
                   note="peak RSS is the runner process's (runtime included); energy only where a sensor was read.")
-    def where(row: Any) -> str:
-        return _where(row, show_delegate)
-
     for _, row in workloads.iterrows():
         ci = f" [{ms(row.get('latency_ci_low'))}, {ms(row.get('latency_ci_high'))}]" \
             if _num(row.get("latency_ci_low")) is not None else ""
         energy = _num(row.get("energy_j"))
-        table.rows.append([where(row), row["workload_id"], str(row.get("kind") or ""),
+        table.rows.append([where_label(row, named_delegates), row["workload_id"], str(row.get("kind") or ""),
                            ms(row["latency_median"]) + ci, human(row["macs"]), fixed(row["gmacs_per_s"], 2),
                            fixed(row.get("intensity"), 1), human(row.get("memory_peak_rss_bytes"), "B"),
                            f"{energy * 1e3:.3f}" if energy is not None else "",
@@ -114,47 +123,44 @@ def workloads_table(workloads: pd.DataFrame, show_delegate: bool = False) -> Tab
     return table
 
 
-def networks_table(comparison: pd.DataFrame, show_delegate: bool = False) -> Table:
+def networks_table(comparison: pd.DataFrame, named_delegates: Collection[str] = ()) -> Table:
     table = Table("networks", "The networks against each other",
-                  ["device/backend/threads", "network", "median ms", "MACs", "params", "GMAC/s",
+                  [where_column(named_delegates), "network", "median ms", "MACs", "params", "GMAC/s",
                    "x fastest network", "x fastest backend"],
                   note="x fastest network: latency over the fastest network on the same device/backend/threads; "
                        "x fastest backend: over the same network's fastest backend on the device.")
-    def where(row: Any) -> str:
-        return _where(row, show_delegate)
-
     for _, row in comparison.iterrows():
-        table.rows.append([where(row), row["workload_id"], ms(row["latency_median"]), human(row["macs"]),
-                           human(row["params"]), fixed(row["gmacs_per_s"], 2), times(row["vs_fastest_network"]),
-                           times(row["vs_fastest_backend"])])
+        table.rows.append([where_label(row, named_delegates), row["workload_id"], ms(row["latency_median"]),
+                           human(row["macs"]), human(row["params"]), fixed(row["gmacs_per_s"], 2),
+                           times(row["vs_fastest_network"]), times(row["vs_fastest_backend"])])
     return table
 
 
-def twin_table(twins: pd.DataFrame, show_delegate: bool = False) -> Table:
+def twin_table(twins: pd.DataFrame, named_delegates: Collection[str] = ()) -> Table:
     table = Table("v1_vs_twin", "MobileNet v1 vs its standard-convolution twin",
-                  ["device/backend/threads", "network", "v1 ms", "twin ms", "theoretical", "measured",
+                  [where_column(named_delegates), "network", "v1 ms", "twin ms", "theoretical", "measured",
                    "measured / theoretical"])
-    def where(row: Any) -> str:
-        return _where(row, show_delegate)
-
     for _, row in twins.iterrows():
-        table.rows.append([where(row), row["workload_id"], ms(row["v1_median_s"]), ms(row["twin_median_s"]),
-                           times(row["theoretical_speedup"]), times(row["measured_speedup"]),
-                           percent(row["efficiency"])])
+        table.rows.append([where_label(row, named_delegates), row["workload_id"], ms(row["v1_median_s"]),
+                           ms(row["twin_median_s"]), times(row["theoretical_speedup"]),
+                           times(row["measured_speedup"]), percent(row["efficiency"])])
     return table
 
 
-def efficiency_table(efficiency: pd.DataFrame, show_delegate: bool = False) -> Table:
+def efficiency_table(efficiency: pd.DataFrame, named_delegates: Collection[str] = ()) -> Table:
     table = Table("efficiency", "Share of the theoretical speedup reached, per device and backend",
-                  ["device/backend/threads", "pairs", "mean", "median", "lowest (N, Dx)", "highest (N, Dx)"])
-    def where(row: Any) -> str:
-        return _where(row, show_delegate)
-
+                  [where_column(named_delegates), "pairs", "geometric mean", "lowest (N, Dx)", "highest (N, Dx)",
+                   "median", "flagged pairs", "geometric mean without them"],
+                  note="share = measured / theoretical speedup of each pair; the mean of these ratios is geometric. "
+                       "Flagged pairs: their standard conv runs far below the backend's typical GMAC/s, so "
+                       f"{SLOW_STANDARD_REASON} (see the pairs table).")
     for _, row in efficiency.iterrows():
-        table.rows.append([where(row), str(row["pairs"]), percent(row["mean_efficiency"]),
-                           percent(row["median_efficiency"]),
+        flagged = int(row.get("slow_standard_pairs") or 0)
+        table.rows.append([where_label(row, named_delegates), str(row["pairs"]), percent(row["geomean_efficiency"]),
                            f"{percent(row['lowest_efficiency'])} ({row['lowest_n']}, {row['lowest_x']})",
-                           f"{percent(row['highest_efficiency'])} ({row['highest_n']}, {row['highest_x']})"])
+                           f"{percent(row['highest_efficiency'])} ({row['highest_n']}, {row['highest_x']})",
+                           percent(row["median_efficiency"]), str(flagged),
+                           percent(row.get("geomean_efficiency_unflagged")) if flagged else ""])
     return table
 
 
