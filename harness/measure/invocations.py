@@ -148,7 +148,9 @@ def collapse(frame: pd.DataFrame) -> pd.DataFrame:
             first["latency_median"] = float(np.median(medians))
             first["latency_ci_low"], first["latency_ci_high"] = low, high
             if "latency_ci_rel_width" in group:  # the precision inside an invocation, typically
-                first["latency_ci_rel_width"] = float(np.nanmedian(group["latency_ci_rel_width"].astype(float)))
+                widths = group["latency_ci_rel_width"].astype(float)
+                # benchmark_model (phones) prints no samples, so it has no within-invocation interval
+                first["latency_ci_rel_width"] = float(np.nanmedian(widths)) if widths.notna().any() else math.nan
             samples = [s for value in group.get("samples_s", []) if isinstance(value, list) for s in value]
             first["samples_s"] = samples or first.get("samples_s")
         if "probe_s" in group:
