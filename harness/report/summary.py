@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.analysis import SLOW_STANDARD_REASON, backend_label, delegate_backends
+from harness.analysis import SLOW_STANDARD_FRACTION, SLOW_STANDARD_REASON, backend_label, delegate_backends
 
 NOISY_CI = 0.05  # a 95% CI of the median wider than 5% of it is called noisy
 
@@ -180,11 +180,12 @@ def _slow_standard_lines(group_row: Any, tables: dict[str, Any], who: Any) -> li
             flagged = flagged[flagged[key] == group_row[key]]
     lines = []
     for _, row in flagged.iterrows():
-        share = row["standard_gmacs_per_s"] / row["typical_standard_gmacs_per_s"]
+        # The threshold, not the rounded share: 0.499 of the typical rate would print as "0.50x".
         lines.append(f"On {who(row)}, the pair N={row['n']}, Dx={row['x']} ({row['efficiency']:.0%} of the "
                      f"theory) is flagged: its standard conv runs at {row['standard_gmacs_per_s']:.1f} GMAC/s, "
-                     f"{share:.2f}x the {row['typical_standard_gmacs_per_s']:.1f} GMAC/s typical of "
-                     f"{backend_label(row, delegates)}'s other standard convs there, so {SLOW_STANDARD_REASON}.")
+                     f"under {SLOW_STANDARD_FRACTION:.0%} of the {row['typical_standard_gmacs_per_s']:.1f} GMAC/s "
+                     f"typical of {backend_label(row, delegates)}'s other standard convs there, so "
+                     f"{SLOW_STANDARD_REASON}.")
     if pd.notna(group_row.get("geomean_efficiency_unflagged")):
         lines.append(f"Without the flagged pair{'s' if len(flagged) > 1 else ''}, {who(group_row)} reaches "
                      f"{group_row['geomean_efficiency_unflagged']:.0%} of the theoretical speedup (geometric mean).")
