@@ -17,7 +17,12 @@ process.
 
 Every line benchmark_model prints is timestamped on arrival, so the battery energy is
 integrated over the measured loop only: from the second ``Running benchmark for at least``
-line to the statistics that end it, divided by the runs of that loop.
+line to the statistics that end it, divided by the runs of that loop.  When the battery can be
+read, that loop is made long enough for the energy window (``energy_timing``; the record's
+``benchmark.timing_extended_for_energy`` says so).
+
+Cool-down waits follow the rule every transport shares (``backends.runner.cooldown``) and are
+reported to ``on_status`` as they happen.
 
 A job that fails (non-zero exit, timeout, unparsable output, missing binary) gives an error
 record with the last lines of output and the batch goes on.  A device that vanishes gives
@@ -35,6 +40,7 @@ import shlex
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +61,13 @@ from backends.base import (
     DeviceError,
     Job,
     ResultCallback,
+    StatusCallback,
     TimingPolicy,
     Transport,
+    cooldown_status,
 )
 from backends.benchmark_model import BenchmarkModelResult, TimingStats, parse_benchmark_output, timing_event
-from backends.runner import file_sha256
+from backends.runner import file_sha256, wait_until_cool
 from harness.records import ErrorKind, error_record, raw_record
 from harness.registry import Fail, TransportInfo
 
@@ -76,6 +84,10 @@ BATTERY_SENSORS = ("auto", "battery", "power_supply")
 SAMPLE_PERIOD_S = 0.1  # battery sampling period of the loop on the phone
 SAMPLED_HOW = "by a shell loop on the device, streamed over adb"
 COOLDOWN_POLL_S = 0.5
+# benchmark_model's measured loop, when the battery is sampled, lasts this many times the energy
+# minimum window: the window is stamped by lines crossing adb, so a loop of exactly the minimum
+# can come out a little short of it.
+ENERGY_WINDOW_MARGIN = 1.5
 TAIL_LINES = 8
 PID_MARKER = "__CONVBENCH_PID__="
 MIB = 1024 * 1024
@@ -99,6 +111,26 @@ def benchmark_timeout(policy: TimingPolicy, op_profiling: bool = False) -> float
     inference); loading, delegate compilation and the adb round trips get a generous margin."""
     seconds = 120.0 + 3.0 * (policy.max_seconds + policy.warmup_seconds)
     return seconds * (1.5 if op_profiling else 1.0)
+
+
+def energy_timing(policy: TimingPolicy) -> tuple[TimingPolicy, str | None]:
+    """The timing policy benchmark_model gets when the battery is sampled, and why it changed.
+
+    benchmark_model ends its measured loop once it ran --num_runs and --min_secs passed (or
+    --max_secs did); the battery energy is integrated over that loop only and needs
+    ``energy_min_window_s``.  With the CLI's defaults (--min-time 0.5, --max-time 1) the loop
+    of a fast model lasts 0.5 s and energy was never measured: here the loop is made to last
+    ENERGY_WINDOW_MARGIN times the minimum window.  Unchanged when it already does.
+    """
+    wanted = ENERGY_WINDOW_MARGIN * policy.energy_min_window_s
+    if policy.min_seconds >= wanted:
+        return policy, None
+    longer = replace(policy, min_seconds=wanted, max_seconds=max(policy.max_seconds, wanted))
+    maximum = (f" and --max_secs from {_secs(policy.max_seconds)} s" if longer.max_seconds != policy.max_seconds
+               else "")
+    return longer, (f"--min_secs raised from {_secs(policy.min_seconds)} s to {_secs(wanted)} s{maximum}, so that "
+                    f"the measured loop covers the battery's {_secs(policy.energy_min_window_s)} s minimum energy "
+                    "window with margin (`energy: none` in devices.yaml keeps --min-time/--max-time)")
 
 
 def run_counts(policy: TimingPolicy, options: Mapping[str, Any]) -> tuple[int, int]:
@@ -661,42 +693,25 @@ class AndroidTransport(Transport):
         return {"time": time.time(), "thermal_c": thermal_by_type(raw["zones"]), "cpufreq": raw["cpufreq"],
                 "loadavg": None}
 
-    def _hottest(self, zones: Sequence[tuple[str, str, float]]) -> tuple[str, float] | None:
-        chosen = [z for z in zones if not self.zones or z[0] in self.zones or z[1] in self.zones]
-        if not chosen:
-            return None
-        zone, kind, celsius = max(chosen, key=lambda z: z[2])
-        return f"{kind} ({zone})", celsius
-
-    def _cooldown(self) -> dict[str, Any]:
-        """Wait until the hottest zone is below cooldown_c, at most max_wait_s."""
+    def _cooldown(self, on_status: StatusCallback | None) -> dict[str, Any]:
+        """Wait until the hottest selected zone is below cooldown_c, at most max_wait_s (the shared rule)."""
         assert self.cooldown_c is not None
-        started = time.monotonic()
-        deadline = started + self.max_wait_s
-        while True:
-            hottest = self._hottest(self._snapshot_raw(cpufreq=False)["zones"])
-            waited = time.monotonic() - started
-            if hottest is None:
-                wanted = ", ".join(self.zones) or "any"
-                return {"cooldown_wait_s": waited, "warning": f"no thermal zone matches ({wanted}): "
-                                                              "cannot wait for the device to cool down"}
-            if hottest[1] < self.cooldown_c:
-                return {"cooldown_wait_s": waited}
-            if time.monotonic() >= deadline:
-                return {"cooldown_wait_s": waited, "cooldown_timed_out": True,
-                        "warning": f"the device did not cool below {self.cooldown_c:g} C within "
-                                   f"{self.max_wait_s:g} s (hottest: {hottest[0]} at {hottest[1]:.1f} C): "
-                                   "the measurement may be thermally throttled"}
-            time.sleep(max(0.0, min(COOLDOWN_POLL_S, deadline - time.monotonic())))
+
+        def report(progress: dict[str, Any]) -> None:
+            if on_status is not None:
+                on_status(cooldown_status(progress))
+
+        return wait_until_cool(lambda: self._snapshot_raw(cpufreq=False)["zones"], self.cooldown_c, self.max_wait_s,
+                               self.zones, report, poll_s=COOLDOWN_POLL_S)
 
     # -- running ------------------------------------------------------------------------------
     def run_batch(self, jobs: list[Job], artifacts: Mapping[str, Artifact], policy: TimingPolicy,
-                  on_result: ResultCallback) -> None:
+                  on_result: ResultCallback, on_status: StatusCallback | None = None) -> None:
         self._connect()
         self._prepare()
         for job in jobs:
             try:
-                record = self._run_job(job, artifacts[job.workload_id], policy)
+                record = self._run_job(job, artifacts[job.workload_id], policy, on_status)
             except DeviceError as exc:
                 reason = self._gone_reason(exc)
                 on_result(self._error(job, f"{self.serial} went away during this job: {reason}", ErrorKind.DEVICE))
@@ -724,7 +739,8 @@ class AndroidTransport(Transport):
         self._push(Path(artifact.path), remote, sha)
         return remote
 
-    def _run_job(self, job: Job, artifact: Artifact, policy: TimingPolicy) -> dict[str, Any]:
+    def _run_job(self, job: Job, artifact: Artifact, policy: TimingPolicy,
+                 on_status: StatusCallback | None = None) -> dict[str, Any]:
         if self._binary is None:
             return self._error(job, self._binary_error or f"benchmark_model not found: {BENCHMARK_HELP}",
                                ErrorKind.RUNTIME)
@@ -732,21 +748,23 @@ class AndroidTransport(Transport):
         extra: dict[str, Any] = {}
         warnings: list[str] = []
         if self.cooldown_c is not None:
-            cooled = self._cooldown()
-            extra["cooldown_wait_s"] = cooled["cooldown_wait_s"]
-            extra["cooldown_target_c"] = self.cooldown_c
+            cooled = self._cooldown(on_status)
             if cooled.get("warning"):
-                warnings.append(cooled["warning"])
-                extra["cooldown_timed_out"] = bool(cooled.get("cooldown_timed_out"))
+                warnings.append(cooled.pop("warning"))
+                cooled["cooldown_timed_out"] = bool(cooled.get("cooldown_timed_out"))
+            extra.update(cooled)
         before = self._snapshot_raw(battery=self._energy_unavailable is None)
         extra["thermal_before"] = self._state(before)
 
-        argv = benchmark_argv(self._binary, remote_model, job, policy, self.options, self.cpu_mask)
+        timing, extended = energy_timing(policy) if self._energy_unavailable is None else (policy, None)
+        argv = benchmark_argv(self._binary, remote_model, job, timing, self.options, self.cpu_mask)
         command = quote_args(argv)
-        timeout = benchmark_timeout(policy, bool(self.options.get("op_profiling")))
-        num_runs, warmup_runs = run_counts(policy, self.options)
+        timeout = benchmark_timeout(timing, bool(self.options.get("op_profiling")))
+        num_runs, warmup_runs = run_counts(timing, self.options)
         extra["benchmark"] = {"binary": self._binary, "binary_sha256": self._binary_sha256, "command": command,
-                              "num_runs": num_runs, "warmup_runs": warmup_runs}
+                              "num_runs": num_runs, "warmup_runs": warmup_runs, "min_secs": timing.min_seconds,
+                              "max_secs": timing.max_seconds,
+                              **({"timing_extended_for_energy": extended} if extended else {})}
 
         idle_watts = None
         if self._energy_unavailable is None and policy.energy_idle_seconds > 0:
@@ -790,8 +808,8 @@ class AndroidTransport(Transport):
             if remote_pid and remote_pid[0].isdigit():
                 with contextlib.suppress(AdbError):
                     self._shell(f"kill -9 {remote_pid[0]} 2>/dev/null", timeout=15)
-            return self._error(job, f"benchmark_model timed out after {timeout:.0f} s (--max-time "
-                                    f"{policy.max_seconds:g} s); last output: "
+            return self._error(job, f"benchmark_model timed out after {timeout:.0f} s (--max_secs "
+                                    f"{timing.max_seconds:g} s); last output: "
                                     f"{_tail(_without_pid(exc.stdout) + exc.stderr)}",
                                ErrorKind.TIMEOUT, **extra)
         except BaseException:
@@ -841,6 +859,8 @@ class AndroidTransport(Transport):
                                    tool_warnings=result.warnings[:10])
         record["energy"] = self._energy(policy, result, marks, samples, sampler, started, ended, idle_watts,
                                         before.get("battery_status"))
+        if extended:
+            record["energy"]["timing"] = extended
         return record
 
     @staticmethod
@@ -908,7 +928,8 @@ class AndroidTransport(Transport):
         try:
             self._connect()
             self._prepare()
-            state = self._state(self._snapshot_raw(battery=True))
+            raw = self._snapshot_raw(battery=True)
+            state = self._state(raw)
         except DeviceError as exc:
             return {"usable": False, "problems": [str(exc)], "serial": self.serial}
         except AdbError as exc:
@@ -923,7 +944,8 @@ class AndroidTransport(Transport):
         else:
             energy = {"sensor": None, "reason": self._energy_unavailable}
         return {"usable": not problems, "problems": problems, "fingerprint": self._fingerprint,
-                "runtimes": runtimes, "energy": energy, "state": state, "serial": self.serial}
+                "runtimes": runtimes, "energy": energy, "state": state, "thermal_zones": raw["zones"],
+                "serial": self.serial}
 
     def close(self) -> None:
         """Nothing stays open: each adb call is one connection to the server, closed when it ends;

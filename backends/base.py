@@ -13,7 +13,9 @@ It receives a batch of jobs for one device and one (backend, threads) pair, and
 calls ``on_result`` once per job, as each finishes, with the raw record that
 ``harness.records.raw_record`` or ``error_record`` builds (``finalize`` types and checks
 it).  A failure of one job is reported as a record with ``status="error"`` and an error
-kind; only a failure of the whole device raises ``DeviceError``.
+kind; only a failure of the whole device raises ``DeviceError``.  Meanwhile it may tell
+``on_status`` what takes long without a result yet (``DeviceStatus``: a cool-down wait), so
+the console never sits silent for minutes.
 """
 
 from __future__ import annotations
@@ -95,6 +97,33 @@ class Job:
 ResultCallback = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class DeviceStatus:
+    """What a device is doing between two results, for the progress display (never stored).
+
+    A transport reports one while something takes long without a result to show for it, e.g.
+    a cool-down wait: ``DeviceStatus("cooling down: cpu-thermal 41.2 °C > 40 °C target (35 s of
+    at most 300 s)")``, each report replacing the last.  ``done`` means the wait is over: the
+    display shows the batch again; ``notice`` asks for the text to stay as a line of its own in
+    the console's log (what a user should still see after the run: a cool-down that timed out).
+    """
+
+    text: str
+    done: bool = False
+    notice: bool = False
+
+
+StatusCallback = Callable[[DeviceStatus], None]
+
+
+def cooldown_status(progress: Mapping[str, Any]) -> DeviceStatus:
+    """The status of a cool-down wait from its progress report (``backends.runner.cooldown``)."""
+    from backends.runner.cooldown import status_text
+
+    over = bool(progress.get("timed_out") or progress.get("cooled"))
+    return DeviceStatus(status_text(progress), done=over, notice=bool(progress.get("timed_out")))
+
+
 class Transport(ABC):
     """Moves the runner and artifacts to one device, runs them, returns records."""
 
@@ -107,12 +136,15 @@ class Transport(ABC):
         artifacts: Mapping[str, Artifact],
         policy: TimingPolicy,
         on_result: ResultCallback,
+        on_status: StatusCallback | None = None,
     ) -> None:
         """Run jobs of one (backend, threads, delegate) batch, calling on_result per job.
 
         ``artifacts`` maps workload id to the artifact of the backend's format.
         Must call ``on_result`` exactly once per job unless it raises DeviceError.  A record's
         ``output_path`` (the runtime's output on this host) exists only until on_result returns.
+        ``on_status`` (optional) hears what the device is doing meanwhile (a cool-down wait), as
+        it happens; it must not raise, and a transport may call it from any thread.
         """
 
     @abstractmethod

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backends.base import Artifact, Job, ResultCallback, TimingPolicy, Transport
+from backends.base import Artifact, Job, ResultCallback, StatusCallback, TimingPolicy, Transport
 from backends.protocol import PlanItem, RunnerSession, make_plan, parse_check
 from backends.runner import zipapp_path
 from harness.records import ErrorKind
@@ -28,10 +28,21 @@ from harness.registry import TransportInfo
 STDERR_TAIL = 2000
 
 
-def batch_timeout(policy: TimingPolicy, items: int) -> float:
-    """Generous wall-clock limit: load, warm-up, timing and idle window per item."""
-    per_item = 60 + policy.max_seconds * 1.5 + policy.warmup_seconds + policy.energy_idle_seconds
+def batch_timeout(policy: TimingPolicy, items: int, cooldown_wait_s: float = 0.0) -> float:
+    """Generous wall-clock limit: cool-down wait, load, warm-up, timing and idle window per item."""
+    per_item = 60 + policy.max_seconds * 1.5 + policy.warmup_seconds + policy.energy_idle_seconds + cooldown_wait_s
     return 30 + per_item * items
+
+
+def cooldown_plan(thermal: Any) -> dict[str, Any] | None:
+    """The runner plan's ``cooldown`` from devices.yaml's ``thermal`` (None: no waiting)."""
+    if thermal is None or thermal.cooldown_c is None:
+        return None
+    return {"target_c": thermal.cooldown_c, "max_wait_s": thermal.max_wait_s, "zones": list(thermal.zones)}
+
+
+def cooldown_wait(cooldown: dict[str, Any] | None) -> float:
+    return float(cooldown["max_wait_s"]) if cooldown else 0.0
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -52,10 +63,11 @@ class LocalTransport(Transport):
 
     def __init__(self, python: str | None = None, sysfs_root: str = "/sys",
                  energy: Mapping[str, Any] | None = None, cpu_mask: str | None = None,
-                 output_dir: Path | None = None) -> None:
+                 output_dir: Path | None = None, thermal: Any = None) -> None:
         self.python = python or sys.executable
         self.sysfs_root = sysfs_root
         self.energy = energy
+        self.cooldown = cooldown_plan(thermal)  # devices.yaml's thermal: the runner waits for a hot device
         self.cpu_mask = cpu_mask
         self.output_dir = output_dir
         # abort() (an interrupted run) kills the running runner; run_batch then returns at once,
@@ -78,7 +90,7 @@ class LocalTransport(Transport):
         return command
 
     def run_batch(self, jobs: list[Job], artifacts: Mapping[str, Artifact], policy: TimingPolicy,
-                  on_result: ResultCallback) -> None:
+                  on_result: ResultCallback, on_status: StatusCallback | None = None) -> None:
         if self._aborted.is_set():
             return
         workdir = Path(tempfile.mkdtemp(prefix="convbench-local-"))
@@ -90,7 +102,7 @@ class LocalTransport(Transport):
                 artifact = artifacts[job.workload_id]
                 out = outputs / f"item{index}.out.npy"
                 items.append(PlanItem(job, artifact, str(artifact.path), str(artifact.input_path), str(out), out))
-            session = RunnerSession(self.name, items, on_result)
+            session = RunnerSession(self.name, items, on_result, on_status=on_status)
             while session.remaining() and not self._aborted.is_set():
                 self._run_once(session, session.remaining(), jobs[0].backend, jobs[0].threads, policy, workdir)
         finally:
@@ -99,7 +111,7 @@ class LocalTransport(Transport):
 
     def _run_once(self, session: RunnerSession, items: list[PlanItem], backend: str, threads: int,
                   policy: TimingPolicy, workdir: Path) -> None:
-        plan = make_plan(backend, threads, items, policy, self.sysfs_root, self.energy)
+        plan = make_plan(backend, threads, items, policy, self.sysfs_root, self.energy, self.cooldown)
         plan_path = workdir / "plan.json"
         plan_path.write_text(json.dumps(plan))
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -121,7 +133,8 @@ class LocalTransport(Transport):
             timed_out.set()
             _kill_group(process)
 
-        timer = threading.Timer(batch_timeout(policy, len(items)), kill_on_timeout)
+        limit = batch_timeout(policy, len(items), cooldown_wait(self.cooldown))
+        timer = threading.Timer(limit, kill_on_timeout)
         timer.start()
         try:
             for line in process.stdout:
@@ -141,7 +154,7 @@ class LocalTransport(Transport):
         stderr = "".join(stderr_chunks).strip()[-STDERR_TAIL:]
         reason, kind = f"runner exited with code {process.returncode}", ErrorKind.CRASH
         if timed_out.is_set():
-            reason, kind = f"runner timed out after {batch_timeout(policy, len(items)):.0f}s", ErrorKind.TIMEOUT
+            reason, kind = f"runner timed out after {limit:.0f}s", ErrorKind.TIMEOUT
         if stderr:
             reason += f": {stderr.splitlines()[-1]}"
         if session.hello.get("error") or not session.hello:
@@ -166,7 +179,7 @@ class LocalTransport(Transport):
 
 def _open(device: Any) -> LocalTransport:
     return LocalTransport(python=device.option("python"), sysfs_root=device.sysfs_root, energy=device.energy,
-                          cpu_mask=device.cpu_mask)
+                          cpu_mask=device.cpu_mask, thermal=device.thermal)
 
 
 TRANSPORT = TransportInfo(

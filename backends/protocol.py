@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.base import Artifact, Job, ResultCallback, TimingPolicy
+from backends.base import (
+    Artifact,
+    Job,
+    ResultCallback,
+    StatusCallback,
+    TimingPolicy,
+    cooldown_status,
+)
 from harness.records import ErrorKind, check_output, error_record, raw_record
 from harness.registry import BACKENDS
 
@@ -35,7 +42,9 @@ def make_plan(
     policy: TimingPolicy,
     sysfs_root: str = "/sys",
     energy: Mapping[str, Any] | None = None,
+    cooldown: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The runner's plan; ``cooldown`` (target_c, max_wait_s, zones) makes it wait for a hot device."""
     spec = BACKENDS[backend]
     return {
         "runtime": spec.runtime,
@@ -44,6 +53,7 @@ def make_plan(
         "policy": policy.to_dict(),
         "sysfs_root": sysfs_root,
         "energy": dict(energy or {"sensor": "auto"}),
+        **({"cooldown": dict(cooldown)} if cooldown else {}),
         "items": [{"job_id": i.job.job_id, "model": i.model, "input": i.input, "output": i.output,
                    # a block size fixed by an earlier run keeps the statistic comparable
                    "block_size": i.job.options.get("block_size")}
@@ -59,6 +69,7 @@ class RunnerSession:
     items: list[PlanItem]
     on_result: ResultCallback
     fetch_output: Callable[[PlanItem], None] = lambda item: None
+    on_status: StatusCallback | None = None  # the runner's reports while it waits (a cool-down)
     hello: dict[str, Any] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
 
@@ -74,6 +85,12 @@ class RunnerSession:
             self.hello = doc
         elif doc.get("type") == "result":
             self._result(doc)
+        elif doc.get("type") == "status" and self.on_status is not None and isinstance(doc.get("cooldown"), dict):
+            try:
+                status = cooldown_status(doc["cooldown"])
+            except (KeyError, TypeError, ValueError):
+                return  # a malformed report costs the display line, never the measurement
+            self.on_status(status)
 
     def _result(self, doc: dict[str, Any]) -> None:
         item = next((i for i in self.items if i.job.job_id == doc.get("job_id")), None)

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backends.base import Artifact, DeviceError, Job, ResultCallback, TimingPolicy, Transport
-from backends.local import batch_timeout
+from backends.base import Artifact, DeviceError, Job, ResultCallback, StatusCallback, TimingPolicy, Transport
+from backends.local import batch_timeout, cooldown_plan, cooldown_wait
 from backends.protocol import PlanItem, RunnerSession, make_plan, parse_check
 from backends.runner import zipapp_path
 from harness.records import ErrorKind
@@ -36,13 +36,14 @@ class SshTransport(Transport):
 
     def __init__(self, target: Any, python: str = "python3", workdir: str = "/tmp/convbench",
                  sysfs_root: str = "/sys", energy: Mapping[str, Any] | None = None,
-                 cpu_mask: str | None = None, label: str = "") -> None:
+                 cpu_mask: str | None = None, label: str = "", thermal: Any = None) -> None:
         self.target = target
         self.python = python
         self.workdir = workdir.rstrip("/") or "/"
         self.sysfs_root = sysfs_root
         self.energy = energy
         self.cpu_mask = cpu_mask
+        self.cooldown = cooldown_plan(thermal)  # devices.yaml's thermal: the runner waits for a hot board
         self.label = label or getattr(target, "host", "board")
         self._connection: Any = None
         self._run_dir = posixpath.join(self.workdir, "runs", secrets.token_hex(6))
@@ -65,7 +66,8 @@ class SshTransport(Transport):
             ssh_config=str(Path(options["ssh_config"]).expanduser()) if options.get("ssh_config") else None,
         )
         return cls(target, python=options.get("python", "python3"), workdir=options.get("workdir", "/tmp/convbench"),
-                   sysfs_root=device.sysfs_root, energy=device.energy, cpu_mask=device.cpu_mask, label=device.name)
+                   sysfs_root=device.sysfs_root, energy=device.energy, cpu_mask=device.cpu_mask, label=device.name,
+                   thermal=device.thermal)
 
     # ------------------------------------------------------------ connection
     def _conn(self) -> Any:
@@ -98,7 +100,7 @@ class SshTransport(Transport):
 
     # ------------------------------------------------------------ Transport
     def run_batch(self, jobs: list[Job], artifacts: Mapping[str, Artifact], policy: TimingPolicy,
-                  on_result: ResultCallback) -> None:
+                  on_result: ResultCallback, on_status: StatusCallback | None = None) -> None:
         from backends.ssh_connection import ConnectionLost, RemoteTimeout, SshError
 
         conn = self._conn()
@@ -116,9 +118,11 @@ class SshTransport(Transport):
             def fetch(item: PlanItem) -> None:
                 conn.get(item.output, item.local_output)
 
-            session = RunnerSession(self.name, items, on_result, fetch)
-            plan = make_plan(jobs[0].backend, jobs[0].threads, items, policy, self.sysfs_root, self.energy)
-            code, _, stderr = conn.run(self._runner_argv("-"), timeout=batch_timeout(policy, len(items)),
+            session = RunnerSession(self.name, items, on_result, fetch, on_status=on_status)
+            plan = make_plan(jobs[0].backend, jobs[0].threads, items, policy, self.sysfs_root, self.energy,
+                             self.cooldown)
+            limit = batch_timeout(policy, len(items), cooldown_wait(self.cooldown))
+            code, _, stderr = conn.run(self._runner_argv("-"), timeout=limit,
                                        stdin=json.dumps(plan).encode(), on_stdout_line=session.feed)
             if session.remaining():
                 tail = (stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]

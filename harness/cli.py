@@ -515,6 +515,10 @@ def devices_check(names: tuple[str, ...], devices_file: Path | None, as_json: bo
                 transport.close()
         except Exception as exc:  # unreachable devices are a finding, not a crash
             results[device.name] = {"usable": False, "problems": [f"{type(exc).__name__}: {exc}"]}
+    for name, result in results.items():
+        hot = thermal_warning(devices[name], result)
+        if hot:
+            result.setdefault("warnings", []).append(hot)
     if as_json:
         click.echo(json.dumps(results, indent=2, default=str))
     else:
@@ -524,6 +528,30 @@ def devices_check(names: tuple[str, ...], devices_file: Path | None, as_json: bo
     if unusable:
         click.echo(f"not usable: {', '.join(unusable)}", err=True)
         sys.exit(1)
+
+
+def thermal_warning(device: Any, result: dict) -> str | None:
+    """Why the device's cool-down target will make jobs wait (or cannot work), from its check; None if fine.
+
+    A device at or above ``thermal.cooldown_c`` now makes every job wait up to ``max_wait_s``
+    (and measure throttled if it does not cool): a warning, not a reason it is unusable.
+    """
+    from backends.runner.cooldown import hottest
+
+    thermal = device.thermal
+    zones = result.get("thermal_zones")
+    if thermal.cooldown_c is None or not result.get("usable") or zones is None:
+        return None
+    zone = hottest([tuple(z) for z in zones], thermal.zones)
+    if zone is None:
+        wanted = ", ".join(thermal.zones) or "any"
+        return (f"no thermal zone matches ({wanted}): the {thermal.cooldown_c:g} °C cool-down target cannot be "
+                "checked, and jobs will not wait for the device to cool down")
+    if zone[2] < thermal.cooldown_c:
+        return None
+    return (f"hot: {zone[1]} at {zone[2]:.1f} °C, {'above' if zone[2] > thermal.cooldown_c else 'at'} the "
+            f"{thermal.cooldown_c:g} °C cool-down target: every job will wait up to {thermal.max_wait_s:g} s "
+            "for it to cool down")
 
 
 def _print_check(name: str, transport: str, result: dict) -> None:
@@ -548,8 +576,11 @@ def _print_check(name: str, transport: str, result: dict) -> None:
         temps = state.get("thermal_c") or {}
         lines.append("  thermal:  " + (", ".join(f"{k} {v:.1f}C" for k, v in temps.items()) or "no thermal zones"))
     for key, value in result.items():
-        if key not in {"usable", "problems", "fingerprint", "state", "runtimes", "energy", "type"}:
+        if key not in {"usable", "problems", "warnings", "fingerprint", "state", "runtimes", "energy", "type",
+                       "thermal_zones"}:
             lines.append(f"  {key}: {value}")
+    for warning in result.get("warnings") or []:
+        lines.append(f"  warning:  {warning}")
     for problem in result.get("problems") or []:
         lines.append(f"  problem:  {problem}")
     click.echo("\n".join(lines))

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.run import DeviceState, Event, ExportProgress, Interrupted, JobRecorded, MeasuringStarted, Problem
+from harness.run import (
+    DeviceNotice,
+    DeviceState,
+    Event,
+    ExportProgress,
+    Interrupted,
+    JobRecorded,
+    MeasuringStarted,
+    Problem,
+)
 
 REFRESHES_PER_SECOND = 1
 
@@ -63,7 +72,10 @@ class RunProgress:
                 self._print(f"  {record['status']}: {event.job.job_id}: {detail}", "yellow")
         elif isinstance(event, DeviceState):
             if self._progress is not None:
+                # A device's progress line is its state now, e.g. "cooling down: cpu-thermal 41.2 °C > ..."
                 self._progress.update(self._devices[event.device], description=f"  {event.device}: {event.state}")
+        elif isinstance(event, DeviceNotice):
+            self._print(f"  {event.device}: {event.message}", "yellow")
         elif isinstance(event, Interrupted):
             self._print(f"interrupted ({event.signal_name}): keeping the measurements made so far", "yellow")
         elif isinstance(event, Problem):

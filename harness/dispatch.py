@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from backends.base import STATUS_ERROR, Artifact, DeviceError, Job, TimingPolicy, Transport
+from backends.base import STATUS_ERROR, Artifact, DeviceError, DeviceStatus, Job, TimingPolicy, Transport
 from harness import registry
 from harness.devices import Device
 from harness.records import ErrorKind, error_record
@@ -35,7 +35,8 @@ class StopDispatch(Exception):
     """
 
 RecordCallback = Callable[[Job, dict[str, Any]], None]
-StateCallback = Callable[[str, str], None]  # (device, state text)
+StateCallback = Callable[[str, str], None]  # (device, state text): the device's progress line
+NoticeCallback = Callable[[str, str], None]  # (device, message): a line of its own in the console's log
 
 
 def make_transport(device: Device) -> Transport:
@@ -86,12 +87,14 @@ def schedule(jobs: list[Job], seed: int | None) -> list[list[Job]]:
 
 def run_machine(works: list[DeviceWork], artifacts: Mapping[str, Mapping[str, Artifact]], policy: TimingPolicy,
                 on_record: RecordCallback, on_state: StateCallback, stop: threading.Event,
-                seed: int | None = None) -> None:
+                seed: int | None = None, on_notice: NoticeCallback | None = None) -> None:
     """Every job of the devices on one machine, one batch at a time, in ``schedule`` order.
 
     A job's later invocations reuse the block size its first one chose, so that every
     invocation summarises the same statistic.  A device that fails as a whole marks its
-    remaining jobs failed; the machine's other devices go on.
+    remaining jobs failed; the machine's other devices go on.  What a transport reports while
+    it runs a batch (``DeviceStatus``: a cool-down wait) becomes the device's state meanwhile,
+    and a status marked ``notice`` also goes to ``on_notice``.
     """
     by_device = {work.device.name: work for work in works}
     jobs_by_id = {job.job_id: job for work in works for job in work.jobs}
@@ -140,13 +143,15 @@ def run_machine(works: list[DeviceWork], artifacts: Mapping[str, Mapping[str, Ar
                 continue
             first = runnable[0]
             rounds = f" round {first.repeat + 1}/{first.repeats}" if first.repeats > 1 else ""
+            label = f"{first.backend} t{first.threads}{rounds}"
             try:
                 transport = transport_of(work)
-                on_state(work.device.name, f"{first.backend} t{first.threads}{rounds}")
+                on_state(work.device.name, label)
                 lock = HOST_LOCK if registry.transport(work.device.transport).runs_on_host \
                     else contextlib.nullcontext()
                 with lock:
-                    transport.run_batch(runnable, artifacts[first.backend], policy, emit)
+                    transport.run_batch(runnable, artifacts[first.backend], policy, emit,
+                                        _status_reporter(work.device.name, label, on_state, on_notice))
             except StopDispatch:
                 raise
             except DeviceError as exc:
@@ -169,6 +174,20 @@ def run_machine(works: list[DeviceWork], artifacts: Mapping[str, Mapping[str, Ar
                     transport.close()
 
 
+def _status_reporter(device: str, label: str, on_state: StateCallback,
+                     on_notice: NoticeCallback | None) -> Callable[[DeviceStatus], None]:
+    """A transport's status reports as the device's state (its batch's label again once a wait is over)."""
+
+    def report(status: DeviceStatus) -> None:
+        # The display must never cost a measurement: a failing view loses a line, not the job.
+        with contextlib.suppress(Exception):
+            on_state(device, label if status.done else status.text)
+            if status.notice and on_notice is not None:
+                on_notice(device, status.text)
+
+    return report
+
+
 def _with_block(job: Job, chosen: dict[tuple, int]) -> Job:
     if job.options.get("block_size") or job.series_key not in chosen:
         return job
@@ -177,9 +196,9 @@ def _with_block(job: Job, chosen: dict[tuple, int]) -> Job:
 
 def run_device(work: DeviceWork, artifacts: Mapping[str, Mapping[str, Artifact]], policy: TimingPolicy,
                on_record: RecordCallback, on_state: StateCallback, stop: threading.Event,
-               seed: int | None = None) -> None:
+               seed: int | None = None, on_notice: NoticeCallback | None = None) -> None:
     """One device's jobs (what a cluster worker runs for the device it owns)."""
-    run_machine([work], artifacts, policy, on_record, on_state, stop, seed)
+    run_machine([work], artifacts, policy, on_record, on_state, stop, seed, on_notice)
 
 
 def abort(work: list[DeviceWork]) -> None:
@@ -193,7 +212,7 @@ def abort(work: list[DeviceWork]) -> None:
 
 def dispatch(work: list[DeviceWork], artifacts: Mapping[str, Mapping[str, Artifact]], policy: TimingPolicy,
              on_record: RecordCallback, on_state: StateCallback, stop: threading.Event | None = None,
-             seed: int | None = None) -> None:
+             seed: int | None = None, on_notice: NoticeCallback | None = None) -> None:
     """Run every device's jobs; returns when all devices are done (or stopped).
 
     One thread per machine (``machine_of``): devices on different machines measure in
@@ -215,7 +234,7 @@ def dispatch(work: list[DeviceWork], artifacts: Mapping[str, Mapping[str, Artifa
 
     def run(items: list[DeviceWork], done: threading.Event) -> None:
         try:
-            run_machine(items, artifacts, policy, on_record, on_state, stop, seed)
+            run_machine(items, artifacts, policy, on_record, on_state, stop, seed, on_notice)
         finally:
             done.set()
 

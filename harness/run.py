@@ -173,6 +173,14 @@ class DeviceState:
 
 
 @dataclass(frozen=True)
+class DeviceNotice:
+    """Something a device reported that deserves a line of its own (a cool-down that timed out)."""
+
+    device: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Interrupted:
     signal_name: str
 
@@ -182,7 +190,7 @@ class Problem:
     message: str
 
 
-Event = ExportProgress | MeasuringStarted | JobRecorded | DeviceState | Interrupted | Problem
+Event = ExportProgress | MeasuringStarted | JobRecorded | DeviceState | DeviceNotice | Interrupted | Problem
 
 
 def execute(request: RunRequest, on_event: Callable[[Event], None] = lambda event: None) -> RunOutcome:
@@ -240,6 +248,9 @@ def execute(request: RunRequest, on_event: Callable[[Event], None] = lambda even
                 def on_state(device: str, state: str) -> None:
                     on_event(DeviceState(device, state))
 
+                def on_notice(device: str, message: str) -> None:
+                    on_event(DeviceNotice(device, message))
+
                 work = [DeviceWork(d, [j for j in jobs if j.device == d.name and artifact_of[j.job_id] is not None])
                         for d in devices]
                 if writer.disk_full:  # not one more job: nothing it measured could be stored
@@ -249,9 +260,10 @@ def execute(request: RunRequest, on_event: Callable[[Event], None] = lambda even
 
                     with contextlib.suppress(StopDispatch):  # the disk filled: stop, say so below
                         cluster_dispatch(work, artifacts, policy, on_record, on_state, stop,
-                                         scheduler=request.cluster, security=request.cluster_security)
+                                         scheduler=request.cluster, security=request.cluster_security,
+                                         on_notice=on_notice)
                 else:
-                    dispatch(work, artifacts, policy, on_record, on_state, stop, seed=seed)
+                    dispatch(work, artifacts, policy, on_record, on_state, stop, seed=seed, on_notice=on_notice)
                 status, reason = _final_status(records, writer.disk_full)
             finally:
                 signals.disarm()  # from here on a signal must not cut the write-up short

@@ -31,7 +31,7 @@ from backends.android import (
     thermal_by_type,
     window_energy,
 )
-from backends.base import Artifact, Job, TimingPolicy
+from backends.base import Artifact, DeviceStatus, Job, TimingPolicy
 from backends.benchmark_model import parse_benchmark_output, timing_event
 from harness.devices import load_devices
 from harness.records import finalize
@@ -212,11 +212,13 @@ def transport_for(tmp_path: Path, handle: ConnectedDevice, server: AdbServer, **
 
 
 def run_jobs(transport: AndroidTransport, workloads: list[str], policy: TimingPolicy = FAST,
-             delegate: str = "xnnpack", artifacts: dict[str, Artifact] | None = None) -> list[dict]:
+             delegate: str = "xnnpack", artifacts: dict[str, Artifact] | None = None,
+             statuses: list[DeviceStatus] | None = None) -> list[dict]:
     artifacts = artifacts or {w: tflite(w) for w in workloads}
     jobs = [Job(f"phone/tflite-{delegate}/t1/{w}", w, "phone", "tflite", 1, delegate) for w in workloads]
     records: list[dict] = []
-    transport.run_batch(jobs, artifacts, policy, lambda r: records.append(finalize(r)))
+    transport.run_batch(jobs, artifacts, policy, lambda r: records.append(finalize(r)),
+                        statuses.append if statuses is not None else None)
     return records
 
 
@@ -284,9 +286,15 @@ def test_harness_run_measures_on_the_phone(adb_device: ConnectedDevice, adb_serv
         command = record["benchmark"]["command"]
         assert command.startswith("taskset 1 /data/local/tmp/convbench/benchmark_model ")
         assert "--enable_op_profiling=true" in command and "--use_xnnpack=true" in command
-        energy = record["energy"]  # a 0.3 s loop is shorter than the 1 s energy minimum
-        assert energy["status"] == "unavailable" and "shorter than" in energy["reason"]
+        # --max-time 0.3 would give a loop shorter than the 1 s energy minimum: the battery is sampled, so
+        # benchmark_model's loop was stretched to cover it, and the record says so.
+        assert "--min_secs=1.5" in command and "--max_secs=1.5" in command
+        assert "--min_secs raised from 0.05 s to 1.5 s and --max_secs from 0.3 s" in \
+            record["benchmark"]["timing_extended_for_energy"]
+        energy = record["energy"]
+        assert energy["status"] == "ok" and energy["window_s"] >= 1.0 and energy["joules"] > 0, energy
         assert energy["sensor"] == "battery(power_supply)" and "unplug" in energy["note"]
+        assert energy["timing"] == record["benchmark"]["timing_extended_for_energy"]
     models = list((adb_device.root / "data/local/tmp/convbench/models").iterdir())
     assert len(models) == 2 and all(m.suffix == ".tflite" for m in models)
 
@@ -361,10 +369,16 @@ def test_cooldown_waits_until_the_device_is_cool(adb_device: ConnectedDevice, ad
 
     cooler = threading.Thread(target=cool_down, daemon=True)
     cooler.start()
-    (record,) = run_jobs(transport, [SMALL])
+    statuses: list[DeviceStatus] = []
+    (record,) = run_jobs(transport, [SMALL], statuses=statuses)
     cooler.join(timeout=5)
     assert record["status"] == "ok", record.get("error")
     assert 0.9 <= record["cooldown_wait_s"] < 10 and record["cooldown_target_c"] == 50
+    # The wait was reported as it happened, then its end (the display shows the batch again).
+    assert statuses[0] == DeviceStatus("cooling down: cpu-thermal 60.0 \u00b0C > 50 \u00b0C target "
+                                       "(0 s of at most 30 s)")
+    assert statuses[-1].done and not statuses[-1].notice and statuses[-1].text.startswith("cooled down in ")
+    assert all(not s.done for s in statuses[:-1])
     assert record["warnings"] == [] and record["thermal_before"]["thermal_c"]["cpu-thermal"] == 40.0
     assert record["benchmark"]["binary"] == "/data/local/tmp/tools/benchmark_model"
 
@@ -378,12 +392,19 @@ def test_cooldown_is_bounded_and_warns(adb_device: ConnectedDevice, adb_server: 
     transport = transport_for(tmp_path, adb_device, adb_server,
                               thermal={"cooldown_c": 50, "max_wait_s": 1.0, "zones": ["cpu-thermal"]})
     started = time.monotonic()
-    (record,) = run_jobs(transport, [SMALL])
+    statuses: list[DeviceStatus] = []
+    (record,) = run_jobs(transport, [SMALL], statuses=statuses)
     assert time.monotonic() - started < 30
     assert record["status"] == "ok", record.get("error")
     assert 0.9 <= record["cooldown_wait_s"] < 3 and record["cooldown_timed_out"]
     (warning,) = record["warnings"]
-    assert "did not cool below 50 C within 1 s" in warning and "cpu-thermal (thermal_zone0) at 90.0 C" in warning
+    assert "did not cool below 50 \u00b0C within 1 s" in warning
+    assert "cpu-thermal (thermal_zone0) at 90.0 \u00b0C" in warning
+    # Shown while waiting, and the timeout is a notice: a line of its own in the console.
+    assert statuses[0].text == "cooling down: cpu-thermal 90.0 \u00b0C > 50 \u00b0C target (0 s of at most 1 s)"
+    assert statuses[-1] == DeviceStatus("did not cool down within 1 s: cpu-thermal 90.0 \u00b0C > 50 \u00b0C "
+                                        "target; measuring anyway (the result may be thermally throttled)",
+                                        done=True, notice=True)
 
 
 @rig
@@ -518,3 +539,76 @@ def test_device_without_shell_v2_and_cpu_delegate(adb_device_factory: Callable[.
     assert "--use_xnnpack=false" in record["benchmark"]["command"] and record["benchmark"]["exit_code"] == 0
     assert record["delegation"]["delegate"] == "cpu" and record["warnings"] == []
     assert record["latency"]["n"] >= 5
+
+
+@rig
+@pytest.mark.slow
+def test_wait_and_hot_phone_through_the_cli(adb_device: ConnectedDevice, adb_server: AdbServer, tmp_path: Path,
+                                            results_dir: Path) -> None:
+    """The loopback phone starts at 41 \u00b0C: with a 40 \u00b0C target, check says so and a run shows its wait."""
+    require_litert()
+    from harness.cli import main
+
+    devices = write_devices(tmp_path / "devices.yaml", device_entry(
+        adb_device, adb_server, thermal={"cooldown_c": 40, "max_wait_s": 300, "zones": ["cpu-thermal"]},
+        energy={"sensor": "none"}))
+    check = CliRunner().invoke(main, ["devices", "check", "--devices-file", str(devices)], catch_exceptions=False)
+    assert check.exit_code == 0, check.output  # a warning, not "not usable"
+    assert ("phone (adb): usable" in check.output and "warning:  hot: cpu-thermal at 41.0 \u00b0C, above the "
+            "40 \u00b0C cool-down target: every job will wait up to 300 s") in check.output, check.output
+
+    from harness.run import DeviceState
+
+    events: list[object] = []
+
+    def cool_once_shown() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any(isinstance(e, DeviceState) and "(1 s of at most 300 s)" in e.state for e in list(events)):
+                adb_device.write_sys("class/thermal/thermal_zone0/temp", "39500\n")
+                return
+            time.sleep(0.05)
+
+    cooler = threading.Thread(target=cool_once_shown, daemon=True)
+    cooler.start()
+    from harness import plan
+    from harness.run import execute
+
+    phone = list(load_devices(devices).values())
+    jobs = plan.make_jobs(phone, plan.Selection([SMALL], None, None))
+    outcome = execute(plan.RunRequest(phone, jobs, FAST, results_dir, [SMALL]), events.append)
+    cooler.join(timeout=5)
+    states = [e.state for e in events if isinstance(e, DeviceState)]
+    assert "cooling down: cpu-thermal 41.0 \u00b0C > 40 \u00b0C target (0 s of at most 300 s)" in states, states
+    assert states[-2:] == ["tflite t1", "done"]
+    (record,) = outcome.records
+    assert record["status"] == "ok" and 1.0 <= record["cooldown_wait_s"] < 60 and record["warnings"] == []
+
+
+@rig
+@pytest.mark.slow
+def test_default_timing_measures_phone_energy(adb_device: ConnectedDevice, adb_server: AdbServer, tmp_path: Path,
+                                              results_dir: Path) -> None:
+    """The CLI's default timing (--min-time 0.5, --max-time 1): energy is measured when the battery can be read."""
+    require_litert()
+    adb_device.write_sys("class/power_supply/battery/current_now", "-500000\n")  # 0.5 A at 4 V: 2 W
+    adb_device.write_sys("class/power_supply/battery/voltage_now", "4000000\n")
+    battery = write_devices(tmp_path / "battery.yaml", device_entry(adb_device, adb_server))
+    _run, (record,), _ = harness_run(battery, results_dir, [SMALL])  # no timing option: the defaults
+    assert record["status"] == "ok", record.get("error")
+    energy = record["energy"]
+    assert energy["status"] == "ok", energy
+    assert energy["joules"] == pytest.approx(2.0 * energy["window_s"], rel=1e-6) and energy["window_s"] >= 1.0
+    assert energy["joules_per_inference"] > 0 and energy["inferences"] == record["latency"]["n"]
+    command = record["benchmark"]["command"]
+    assert "--min_secs=1.5" in command and "--max_secs=1.5" in command  # 1.5 x the 1 s energy window
+    assert record["benchmark"]["timing_extended_for_energy"].startswith(
+        "--min_secs raised from 0.5 s to 1.5 s and --max_secs from 1 s, so that the measured loop covers the "
+        "battery's 1 s minimum energy window with margin")
+
+    # Without a battery sensor nothing is stretched: benchmark_model gets the CLI's timing as it is.
+    none = write_devices(tmp_path / "none.yaml", device_entry(adb_device, adb_server, energy={"sensor": "none"}))
+    _run, (plain,), _ = harness_run(none, tmp_path / "plain", [SMALL])
+    assert plain["status"] == "ok" and plain["energy"]["status"] == "unavailable"
+    assert "--min_secs=0.5" in plain["benchmark"]["command"] and "--max_secs=1" in plain["benchmark"]["command"]
+    assert "timing_extended_for_energy" not in plain["benchmark"] and "timing" not in plain["energy"]

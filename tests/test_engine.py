@@ -226,3 +226,114 @@ def test_exporter_chatter_stays_out_of_the_terminal(tmp_path, monkeypatch, resul
     assert "LiteRT-Torch Convert" not in result.output and "_pytree" not in result.output
     logs = list((tmp_path / "cache").rglob("export.log"))
     assert logs and "LiteRT-Torch" in logs[0].read_text()
+
+
+
+# -- cool-down waits on a runner-based device (the runner waits, and tells the host as it waits) ----------
+
+
+def hot_sysfs(tmp_path, celsius):
+    """A sysfs-shaped directory with one thermal zone, ``cpu-thermal`` at ``celsius``; returns its temp file."""
+    zone = tmp_path / "sys" / "class" / "thermal" / "thermal_zone0"
+    zone.mkdir(parents=True, exist_ok=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text(f"{round(celsius * 1000)}\n")
+    return zone / "temp"
+
+
+def hot_local_devices(tmp_path, **thermal):
+    import yaml
+
+    entry = {"name": "hot", "transport": "local", "backends": ["onnxruntime"], "sysfs_root": str(tmp_path / "sys"),
+             "thermal": {"cooldown_c": 50, **thermal}}
+    path = tmp_path / "devices.yaml"
+    path.write_text(yaml.safe_dump({"devices": [entry]}))
+    return path
+
+
+def execute_collecting(devices_file, results, workloads, events):
+    """``harness.run.execute`` on every device of the file; its events are appended to ``events`` as they come."""
+    from harness import plan
+    from harness.devices import load_devices
+    from harness.run import execute
+
+    devices = list(load_devices(devices_file).values())
+    jobs = plan.make_jobs(devices, plan.Selection(workloads, None, None))
+    return execute(plan.RunRequest(devices, jobs, FAST, results, workloads), events.append)
+
+
+def states_of(events):
+    from harness.run import DeviceState
+
+    return [e.state for e in list(events) if isinstance(e, DeviceState)]
+
+
+def test_local_device_waits_to_cool_and_the_wait_is_shown(tmp_path, results_dir):
+    import threading
+
+    from harness.run import DeviceNotice
+
+    temp = hot_sysfs(tmp_path, 60.0)
+    devices = hot_local_devices(tmp_path, max_wait_s=30)
+    events = []
+
+    def cool_once_the_wait_was_shown():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any("(1 s of at most 30 s)" in s for s in states_of(events)):
+                temp.write_text("45000\n")
+                return
+            time.sleep(0.05)
+
+    cooler = threading.Thread(target=cool_once_the_wait_was_shown, daemon=True)
+    cooler.start()
+    started = time.monotonic()
+    outcome = execute_collecting(devices, results_dir, [SMALL], events)
+    cooler.join(timeout=5)
+    assert outcome.status == "complete" and time.monotonic() - started < 60
+    states = states_of(events)
+    # As it happens: the device's progress line says why it waits, how hot, and for how long at most...
+    assert "cooling down: cpu-thermal 60.0 \u00b0C > 50 \u00b0C target (0 s of at most 30 s)" in states, states
+    assert "cooling down: cpu-thermal 60.0 \u00b0C > 50 \u00b0C target (1 s of at most 30 s)" in states
+    # ... then shows the batch again once the device is cool, and the job is measured.
+    waiting = max(i for i, s in enumerate(states) if s.startswith("cooling down:"))
+    assert states[waiting + 1] == "onnxruntime t1" and states[-1] == "done"
+    assert not [e for e in events if isinstance(e, DeviceNotice)]
+    (record,) = outcome.records
+    assert record["status"] == "ok" and 1.0 <= record["cooldown_wait_s"] < 30
+    assert record["cooldown_target_c"] == 50 and "cooldown_timed_out" not in record
+    assert not [w for w in record["warnings"] if "cool" in w]  # (a busy shared machine may warn of itself)
+    assert record["thermal_before"]["thermal_c"] == {"cpu-thermal": 45.0}
+
+
+def test_local_wait_that_times_out_is_printed_and_recorded(tmp_path, results_dir):
+    hot_sysfs(tmp_path, 61.5)
+    devices = hot_local_devices(tmp_path, max_wait_s=1)
+    result = CliRunner().invoke(main, ["run", "--repeats", "1", "--devices", "hot", "--devices-file", str(devices),
+                                       "--workloads", SMALL, "--max-time", "0.3", "--min-time", "0.05"])
+    assert result.exit_code == 0, result.output
+    # A line of its own, not only a passing progress line: it is still on the screen after the run.
+    assert ("hot: did not cool down within 1 s: cpu-thermal 61.5 \u00b0C > 50 \u00b0C target; measuring anyway"
+            in result.output), result.output
+    (run,) = [p for p in results_dir.iterdir() if p.is_dir()]
+    _, (record,) = read_run(run)
+    assert record["status"] == "ok" and record["cooldown_timed_out"] and 1.0 <= record["cooldown_wait_s"] < 5
+    (warning,) = [w for w in record["warnings"] if "cool" in w]  # (a busy shared machine may warn of itself)
+    assert warning.startswith("the device did not cool below 50 \u00b0C within 1 s (hottest: cpu-thermal "
+                              "(thermal_zone0) at 61.5 \u00b0C)")
+
+
+def test_devices_check_flags_a_device_hotter_than_its_cooldown_target(tmp_path):
+    temp = hot_sysfs(tmp_path, 41.0)
+    devices = hot_local_devices(tmp_path, cooldown_c=40, max_wait_s=300)
+    result = CliRunner().invoke(main, ["devices", "check", "--devices-file", str(devices)])
+    assert result.exit_code == 0, result.output  # hot is a warning, not "not usable"
+    assert ("warning:  hot: cpu-thermal at 41.0 \u00b0C, above the 40 \u00b0C cool-down target: every job will "
+            "wait up to 300 s") in result.output, result.output
+    temp.write_text("39000\n")
+    result = CliRunner().invoke(main, ["devices", "check", "--devices-file", str(devices)])
+    assert result.exit_code == 0 and "hot:" not in result.output and "cpu-thermal 39.0C" in result.output
+    temp.parent.rename(tmp_path / "sys" / "class" / "thermal" / "cooling_device0")  # no zone left to watch
+    result = CliRunner().invoke(main, ["devices", "check", "--devices-file", str(devices)])
+    assert "warning:  no thermal zone matches (any): the 40 \u00b0C cool-down target cannot be checked" \
+        in result.output, result.output

@@ -7,10 +7,12 @@ by content); the host imports the same pure functions from here instead of copyi
 (order statistics, power units and integration, sensors, fingerprint, sha256, the timed loop).
 
 Modules: ``timing`` (the timed loop), ``runtimes``, ``energy`` (sensors, one unit rule),
-``memory``, ``state`` (thermal, cpufreq, other processes' CPU), ``fingerprint``, ``stats``,
+``memory``, ``state`` (thermal, cpufreq, other processes' CPU), ``cooldown`` (waiting for a hot
+device, the rule every transport applies), ``fingerprint``, ``stats``,
 ``files``, and ``main`` (the plan in, JSON lines out; one fresh process per item).
 """
 
+from .cooldown import hottest, status_text, wait_until_cool
 from .energy import (
     ENERGY_SENSORS,
     CounterSensor,
@@ -29,17 +31,17 @@ from .fingerprint import RUNNER_VERSION, fingerprint
 from .main import _energy, main, measure_item
 from .memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 from .runtimes import RUNTIMES, Runtime, _import_tflite
-from .state import BusyMeter, read_cpufreq, read_thermal, system_state
+from .state import BusyMeter, read_cpufreq, read_thermal, read_thermal_zones, system_state
 from .stats import median_ci
 from .timing import MAX_BLOCK, choose_block_size, measure
 
 __all__ = [
     "ENERGY_SENSORS", "MAX_BLOCK", "RUNNER_VERSION", "RUNTIMES", "BusyMeter", "CounterSensor", "EnergyUnavailable",
     "MultiCounterSensor", "Runtime", "SampledSensor", "_energy", "_import_tflite", "choose_block_size",
-    "current_rss_bytes", "current_unit", "file_sha256", "fingerprint", "integrate_power", "main", "measure",
-    "measure_item", "median_ci", "open_energy_sensor", "peak_rss_bytes", "power_supply_units",
-    "power_supply_watts", "read_cpufreq", "read_thermal", "reset_peak_rss", "system_state", "voltage_unit",
-    "zipapp_path",
+    "current_rss_bytes", "current_unit", "file_sha256", "fingerprint", "hottest", "integrate_power", "main",
+    "measure", "measure_item", "median_ci", "open_energy_sensor", "peak_rss_bytes", "power_supply_units",
+    "power_supply_watts", "read_cpufreq", "read_thermal", "read_thermal_zones", "reset_peak_rss", "status_text",
+    "system_state", "voltage_unit", "wait_until_cool", "zipapp_path",
 ]
 
 

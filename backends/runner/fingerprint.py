@@ -6,7 +6,7 @@ import platform
 from .files import _read
 from .state import read_cpufreq
 
-RUNNER_VERSION = 3  # 3: reference probe in every invocation
+RUNNER_VERSION = 4  # 3: reference probe in every invocation; 4: cool-down waits, with status lines
 
 
 def _cpu_model():

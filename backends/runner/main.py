@@ -10,7 +10,9 @@ The plan names the runtime, thread count, timing policy, sensors and a list of i
 id, model path, input .npy, output .npy).  The runner prints one JSON object per line: first
 ``{"type": "hello", ...}`` with the device fingerprint and runtime version, then
 ``{"type": "result", ...}`` per item as soon as it finishes.  A failing item yields a result
-with ``error``; the runner goes on with the next.
+with ``error``; the runner goes on with the next.  When the plan asks for a cool-down
+(``cooldown``: target_c, max_wait_s, zones), the runner waits before each item until the
+device is cool, printing ``{"type": "status", ...}`` lines meanwhile (``cooldown.py``).
 
 Memory: each item runs in a fresh process of this runner (``--item``), so an item's peak RSS
 is its own model's (no earlier model still resident), and ``baseline_rss_bytes`` is that
@@ -24,12 +26,13 @@ import sys
 import time
 import traceback
 
+from .cooldown import wait_until_cool
 from .energy import EnergyUnavailable, open_energy_sensor
 from .fingerprint import fingerprint
 from .memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 from .probe import run_probe
 from .runtimes import RUNTIMES
-from .state import BusyMeter, system_state
+from .state import BusyMeter, read_thermal_zones, system_state
 from .timing import measure
 
 
@@ -193,7 +196,7 @@ def check(options):
     except EnergyUnavailable as exc:
         energy = {"sensor": None, "reason": str(exc)}
     _emit({"type": "check", "fingerprint": fingerprint(sysfs_root), "runtimes": runtimes,
-           "energy": energy, "state": system_state(sysfs_root)})
+           "energy": energy, "state": system_state(sysfs_root), "thermal_zones": read_thermal_zones(sysfs_root)})
     return 0
 
 
@@ -223,5 +226,27 @@ def main(argv):
     # What a fresh process per item runs: this runner.pyz, or the package in a source checkout.
     entry = ["-m", "backends.runner"] if argv[0].endswith("__main__.py") else [os.path.abspath(argv[0])]
     for item in plan["items"]:
-        _emit(_run_item_in_fresh_process(entry, item, plan))
+        cooled = _cool_down(plan, item["job_id"])
+        result = _run_item_in_fresh_process(entry, item, plan)
+        if cooled:
+            warning = cooled.pop("warning", None)
+            result.update(cooled)
+            if warning:
+                result["warnings"] = [*result.get("warnings", []), warning]
+        _emit(result)
     return 0
+
+
+def _cool_down(plan, job_id):
+    """Wait before an item until the device is cool (the plan's ``cooldown``); its record fields, or {}.
+
+    While it waits, ``{"type": "status", "job_id": ..., "cooldown": {...}}`` lines tell the host
+    how hot the device still is, so the console can show the wait as it happens.
+    """
+    cooldown = plan.get("cooldown")
+    if not cooldown or cooldown.get("target_c") is None:
+        return {}
+    sysfs_root = plan.get("sysfs_root", "/sys")
+    return wait_until_cool(lambda: read_thermal_zones(sysfs_root), float(cooldown["target_c"]),
+                           float(cooldown.get("max_wait_s", 120.0)), tuple(cooldown.get("zones") or ()),
+                           report=lambda progress: _emit({"type": "status", "job_id": job_id, "cooldown": progress}))

@@ -7,16 +7,24 @@ import time
 from .files import _read, _read_int
 
 
-def read_thermal(sysfs_root="/sys"):
-    """Thermal zone temperatures in degrees C, keyed by zone type (or zone name)."""
-    zones = {}
+def read_thermal_zones(sysfs_root="/sys"):
+    """Thermal zones as ``(zone, type, celsius)``, e.g. ``("thermal_zone0", "cpu-thermal", 41.0)``."""
+    zones = []
     for zone in sorted(glob.glob(os.path.join(sysfs_root, "class/thermal/thermal_zone*"))):
         milli = _read_int(os.path.join(zone, "temp"))
         if milli is None:
             continue
-        kind = _read(os.path.join(zone, "type")) or os.path.basename(zone)
-        key = kind if kind not in zones else "%s/%s" % (kind, os.path.basename(zone))
-        zones[key] = milli / 1000.0
+        name = os.path.basename(zone)
+        zones.append((name, _read(os.path.join(zone, "type")) or name, milli / 1000.0))
+    return zones
+
+
+def read_thermal(sysfs_root="/sys"):
+    """Thermal zone temperatures in degrees C, keyed by zone type (or zone name)."""
+    zones = {}
+    for name, kind, celsius in read_thermal_zones(sysfs_root):
+        key = kind if kind not in zones else "%s/%s" % (kind, name)
+        zones[key] = celsius
     return zones
 
 

@@ -26,6 +26,7 @@ DRAIN_S = 10.0  # after a task ends, how long to wait for its last records
 
 RecordCallback = Callable[[Job, dict[str, Any]], None]
 StateCallback = Callable[[str, str], None]
+NoticeCallback = Callable[[str, str], None]  # (device, a line of its own for the console: a cool-down timed out)
 
 
 @dataclass
@@ -85,9 +86,10 @@ class _Controller:
 
     def __init__(self, client: Any, scheduler: str, work: list[Any], artifacts: Mapping[str, Mapping[str, Artifact]],
                  policy: TimingPolicy, on_record: RecordCallback, on_state: StateCallback, stop: threading.Event,
-                 shared_cache: bool) -> None:
+                 shared_cache: bool, on_notice: NoticeCallback | None = None) -> None:
         from distributed import Event, Queue
 
+        self.on_notice = on_notice
         self.client, self.scheduler, self.artifacts, self.policy = client, scheduler, artifacts, policy
         self.on_record, self.on_state, self.stop, self.shared_cache = on_record, on_state, stop, shared_cache
         self.tasks = {w.device.name: _DeviceTask(w, jobs_by_id={j.job_id: j for j in w.jobs}) for w in work}
@@ -128,6 +130,8 @@ class _Controller:
                 self.on_state(name, f"running on {task.worker}")
             elif message["kind"] == "state":
                 self.on_state(name, f"{message['state']} ({message['worker']})")
+            elif message["kind"] == "notice" and self.on_notice is not None:
+                self.on_notice(name, f"{message['message']} (on {message['worker']})")
             elif message["kind"] == "record":
                 self.emit(task, message["job_id"], message["record"], message["worker"])
 
@@ -273,7 +277,7 @@ def _default_owner_wait() -> float:
 def cluster_dispatch(work: list[Any], artifacts: Mapping[str, Mapping[str, Artifact]], policy: TimingPolicy,
                      on_record: RecordCallback, on_state: StateCallback, stop: threading.Event | None = None,
                      *, scheduler: str, security: Any = None, shared_cache: bool | None = None,
-                     owner_wait: float | None = None) -> None:
+                     owner_wait: float | None = None, on_notice: NoticeCallback | None = None) -> None:
     """``harness.dispatch.dispatch`` on a Dask cluster; returns when every device is done or failed.
 
     ``scheduler`` is ``tcp://HOST:PORT`` or ``tls://HOST:PORT``; ``security`` a Dask ``Security``
@@ -299,7 +303,8 @@ def cluster_dispatch(work: list[Any], artifacts: Mapping[str, Mapping[str, Artif
         raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
     controller = None
     try:
-        controller = _Controller(client, scheduler, work, artifacts, policy, on_record, on_state, stop, shared_cache)
+        controller = _Controller(client, scheduler, work, artifacts, policy, on_record, on_state, stop, shared_cache,
+                                 on_notice)
         controller.run(_default_owner_wait() if owner_wait is None else owner_wait)
     except BaseException:
         if controller is not None:

@@ -87,6 +87,9 @@ def run_device_task(device: Any, jobs: list[Job], plan: dict[str, dict[str, str]
     def on_state(_device: str, state: str) -> None:
         send({"kind": "state", "state": state})
 
+    def on_notice(_device: str, message: str) -> None:
+        send({"kind": "notice", "message": message})
+
     finished = threading.Event()
 
     def watch() -> None:  # Ctrl-C on the controller, or this task cancelled (controller gone)
@@ -109,7 +112,7 @@ def run_device_task(device: Any, jobs: list[Job], plan: dict[str, dict[str, str]
         # Process-wide: a task left running by a worker that lost its scheduler finishes its batch first.
         with _device_lock(device.name):
             if runnable and not stop.is_set():
-                run_device(work, artifacts, policy, on_record, on_state, stop)
+                run_device(work, artifacts, policy, on_record, on_state, stop, on_notice=on_notice)
     finally:
         finished.set()
         with contextlib.suppress(Exception):

@@ -18,6 +18,10 @@ different.  The estimate is the ratio of the geometric means of the invocation m
 - ``inconclusive``: anything else (the interval reaches beyond the threshold without excluding
   "no change"), or too few invocations to estimate.
 
+A phone's invocation is one ``benchmark_model`` process (it prints only summary statistics, so
+its printed median is the invocation's value; it times no reference probe, so its rows are
+judged on raw medians, with a note, under ``"auto"``).
+
 With ``normalize="reference"`` (and by default, ``"auto"``, whenever both runs carry comparable
 probes) each invocation's median is first divided by the machine's speed when it ran: the median
 reference probe of that invocation and its nearest neighbours on the device
@@ -49,6 +53,8 @@ NORMALIZE = ("auto", "reference", "none")
 # Invocations on each side of one whose neighbours' reference probes estimate the machine's speed
 # at the time it ran (see ``local_machine_speed``).
 PROBE_WINDOW = 2
+# Below this a benchmark_model median (printed in whole microseconds) moves in steps of more than 1%.
+COARSE_MEDIAN_S = 100e-6
 
 
 @dataclass
@@ -232,13 +238,22 @@ def _normalisation(base: list[dict[str, Any]], cur: list[dict[str, Any]], option
         return False, ""
     missing = [side for side, records, speed in (("baseline", base, speeds[0]), ("current", cur, speeds[1]))
                if any(id(r) not in speed for r in records)]
-    if missing:
+    if missing and all(_probeless_tool(r) for r in (*base, *cur)):
+        why = (f"{_probeless_tool(cur[0])} times no reference probe, so the verdict is on raw invocation medians "
+               "(the phone's own drift between the runs is not divided out)")
+    elif missing:
         why = f"no reference probe in the {' and '.join(missing)} run (runner older than version 3)"
     elif probe_identities(base) != probe_identities(cur):
         why = "the reference probe differs between the runs (another probe kernel, numpy or Python)"
     else:
         return True, ""
     return False, why
+
+
+def _probeless_tool(record: dict[str, Any]) -> str | None:
+    """The measuring tool when it is one that never times the reference probe (a phone's benchmark_model)."""
+    return "benchmark_model" if record.get("timer") == "benchmark_model" or record.get("transport") == "adb" \
+        else None
 
 
 def probe_identities(records: list[dict[str, Any]]) -> set[str]:
@@ -338,6 +353,18 @@ def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options
                 f"{'/'.join(map(str, blocks[1]))} now): the medians are different statistics; measure both "
                 "into one results directory, which fixes each job's block size (results/block_sizes.json)")
         result = "inconclusive"
+    fastest = min(median_latency(base), median_latency(cur))
+    if _probeless_tool(first) and fastest < COARSE_MEDIAN_S:
+        # benchmark_model prints whole microseconds: tiny medians move in steps the threshold cannot see through.
+        note = "; ".join(filter(None, [note, f"benchmark_model prints whole microseconds: a {fastest * 1e6:.0f} us "
+                                             f"median moves in {1e-6 / fastest:.1%} steps"]))
+    means = _statistics(base), _statistics(cur)
+    if means[0] != means[1]:
+        # benchmark_model builds without percentiles print only the mean, which stands in for the median.
+        note = (f"the baseline's invocations summarise {' and '.join(sorted(means[0]))}, the current's "
+                f"{' and '.join(sorted(means[1]))} (a benchmark_model build without percentiles prints only the "
+                "mean): different statistics, no verdict")
+        result = "inconclusive"
     base_version, cur_version = base[0].get("runtime_version"), first.get("runtime_version")
     runtime = str(cur_version) if base_version == cur_version else f"{base_version} -> {cur_version}"
     return {
@@ -378,6 +405,10 @@ def machine_drift(base_records: list[dict[str, Any]], cur_records: list[dict[str
                     "n_current": estimate.n_current, "comparable": len(identities) == 1,
                     "probe": sorted(filter(None, identities))})
     return out
+
+
+def _statistics(records: list[dict[str, Any]]) -> set[str]:
+    return {"means" if (r.get("latency") or {}).get("median_is_mean") else "medians" for r in records}
 
 
 def _block_sizes(records: list[dict[str, Any]]) -> list[int]:
