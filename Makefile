@@ -1,12 +1,13 @@
 # Two entry points for a fresh Linux machine with Python 3.11:
 #   make demo   set up, benchmark the quick suite on this machine, write a report
 #   make test   set up everything (incl. the test rigs' Debian packages), run all tests
+#   make lab    set up, start an emulated pi4 board and a loopback pixel7 phone until Ctrl-C
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup system-deps lint clean
+.PHONY: demo test lab setup system-deps lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,11 @@ test: setup system-deps
 	$(BIN)/ruff check harness backends tests
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The lab's parts need the same Debian packages as the test rigs; its first start builds the
+# board image (several minutes, as root).
+lab: setup system-deps
+	$(BIN)/harness lab up
 
 lint: setup
 	$(BIN)/ruff check harness backends tests
