@@ -28,9 +28,9 @@ from harness.registry import TransportInfo
 STDERR_TAIL = 2000
 
 
-def batch_timeout(policy: TimingPolicy, items: int, cooldown_wait_s: float = 0.0) -> float:
-    """Generous wall-clock limit: cool-down wait, load, warm-up, timing and idle window per item."""
-    per_item = 60 + policy.max_seconds * 1.5 + policy.warmup_seconds + policy.energy_idle_seconds + cooldown_wait_s
+def batch_timeout(policy: TimingPolicy, items: int) -> float:
+    """Generous wall-clock limit: load, warm-up, timing and idle window per item (cool-down waits apart)."""
+    per_item = 60 + policy.max_seconds * 1.5 + policy.warmup_seconds + policy.energy_idle_seconds
     return 30 + per_item * items
 
 
@@ -42,6 +42,7 @@ def cooldown_plan(thermal: Any) -> dict[str, Any] | None:
 
 
 def cooldown_wait(cooldown: dict[str, Any] | None) -> float:
+    """The longest a runner may wait for the device to cool before one item (added to the batch's limit)."""
     return float(cooldown["max_wait_s"]) if cooldown else 0.0
 
 
@@ -133,7 +134,7 @@ class LocalTransport(Transport):
             timed_out.set()
             _kill_group(process)
 
-        limit = batch_timeout(policy, len(items), cooldown_wait(self.cooldown))
+        limit = batch_timeout(policy, len(items)) + len(items) * cooldown_wait(self.cooldown)
         timer = threading.Timer(limit, kill_on_timeout)
         timer.start()
         try:

@@ -97,6 +97,46 @@ def test_one_invocation_a_side_gives_no_verdict(tmp_path):
     assert any("single invocation" in w for w in result.warnings())
 
 
+def as_phone(record: dict) -> None:
+    """A record as the adb transport writes it: benchmark_model's printed summary, no samples, no probe."""
+    import statistics
+
+    record.update(transport="adb", timer="benchmark_model")
+    if record.get("samples_s") and not (record.get("latency") or {}).get("median"):
+        record["latency"] = {"n": len(record["samples_s"]), "median": statistics.median(record["samples_s"])}
+    for key in ("samples_s", "reference_probe", "block_size"):
+        record.pop(key, None)
+
+
+def test_phone_rows_are_judged_on_their_invocations(tmp_path):
+    base, cur = rewrite(B, tmp_path / B.name, as_phone), rewrite(C, tmp_path / C.name, as_phone)
+    result = cmp.compare_runs(base, cur)
+    rows = rows_by_workload(result)
+    assert rows["conv-standard-M32-N64-k3-x28-s1"]["verdict"] == "regressed"
+    assert rows["mobilenet_v1-0.25-128"]["verdict"] == "improved"
+    assert rows["conv-separable-M32-N64-k3-x28-s1"]["verdict"] == "unchanged"
+    for row in result.rows:
+        assert (row["n_baseline"], row["n_current"]) == (5, 5) and not row["normalized"]
+        assert row["note"].startswith("not normalised: benchmark_model times no reference probe, so the verdict "
+                                      "is on raw invocation medians"), row["note"]
+    assert result.exit_code == 1 and not result.drift
+    # Asked to normalise, a phone row cannot be: no verdict rather than a raw one.
+    strict = rows_by_workload(cmp.compare_runs(base, cur, cmp.Options(normalize="reference")))
+    assert strict["conv-standard-M32-N64-k3-x28-s1"]["verdict"] == "inconclusive"
+    assert strict["conv-standard-M32-N64-k3-x28-s1"]["note"].startswith("cannot normalise: benchmark_model")
+
+    def tiny_means(record: dict) -> None:  # a build without percentiles, on a 20 us model
+        as_phone(record)
+        if "latency" in record:  # (error records have none)
+            record["latency"] = {**record["latency"], "median": 20e-6 * (1 + record.get("repeat", 0) / 100),
+                                 "median_is_mean": True}
+
+    mixed = rows_by_workload(cmp.compare_runs(base, rewrite(C, tmp_path / "means", tiny_means)))
+    row = mixed["conv-standard-M32-N64-k3-x28-s1"]
+    assert row["verdict"] == "inconclusive" and "summarise medians, the current's means" in row["note"]
+    assert "whole microseconds: a 20 us median moves in 4.9% steps" in row["note"]  # the median of 20-20.4 us
+
+
 def test_machine_drift_is_reported_and_normalised_away(tmp_path):
     """Tonight the machine is 10% slower (its reference probe too): raw, everything regressed; normalised, not."""
     def slower_machine(record: dict) -> None:

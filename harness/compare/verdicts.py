@@ -361,9 +361,10 @@ def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options
     means = _statistics(base), _statistics(cur)
     if means[0] != means[1]:
         # benchmark_model builds without percentiles print only the mean, which stands in for the median.
-        note = (f"the baseline's invocations summarise {' and '.join(sorted(means[0]))}, the current's "
-                f"{' and '.join(sorted(means[1]))} (a benchmark_model build without percentiles prints only the "
-                "mean): different statistics, no verdict")
+        note = "; ".join(filter(None, [
+            f"the baseline's invocations summarise {' and '.join(sorted(means[0]))}, the current's "
+            f"{' and '.join(sorted(means[1]))} (a benchmark_model build without percentiles prints only the "
+            "mean): different statistics, no verdict", *[n for n in note.split("; ") if "whole microseconds" in n]]))
         result = "inconclusive"
     base_version, cur_version = base[0].get("runtime_version"), first.get("runtime_version")
     runtime = str(cur_version) if base_version == cur_version else f"{base_version} -> {cur_version}"
