@@ -105,6 +105,24 @@ _VERSION = re.compile(
 
 # -- pure helpers (no device) ---------------------------------------------------------------
 
+# Properties that say a "phone" is not one: the Android Emulator sets ro.boot.qemu (ro.kernel.qemu
+# before Android 12) and runs on ranchu/goldfish hardware; convbench's loopback phone says so itself.
+EMULATION_PROPS = ("ro.convbench.emulated", "ro.boot.qemu", "ro.kernel.qemu")
+EMULATOR_HARDWARE = ("ranchu", "goldfish")
+
+
+def emulation(props: Mapping[str, str]) -> str | None:
+    """What the device's properties say it emulates a phone with, or None for real hardware."""
+    if props.get("ro.convbench.emulated"):
+        return props["ro.convbench.emulated"]
+    for key in ("ro.boot.qemu", "ro.kernel.qemu"):
+        if props.get(key) == "1":
+            return f"Android Emulator ({key}=1)"
+    if props.get("ro.hardware") in EMULATOR_HARDWARE:
+        return f"Android Emulator (ro.hardware={props['ro.hardware']})"
+    return None
+
+
 
 def benchmark_timeout(policy: TimingPolicy, op_profiling: bool = False) -> float:
     """Wall-clock limit for one run: each timed loop stops after max_seconds (plus one
@@ -555,7 +573,7 @@ class AndroidTransport(Transport):
     def _read_fingerprint(self) -> dict[str, Any]:
         props = ("ro.product.model", "ro.product.manufacturer", "ro.board.platform", "ro.soc.model",
                  "ro.hardware", "ro.build.version.release", "ro.build.version.sdk", "ro.product.cpu.abi",
-                 "ro.build.fingerprint")
+                 "ro.build.fingerprint", *EMULATION_PROPS)
         root = shlex.quote(self.sysfs_root)
         cmd = "; ".join([
             f"for p in {' '.join(props)}; do printf 'P\\t%s\\t%s\\n' \"$p\" \"$(getprop \"$p\")\"; done",
@@ -598,7 +616,7 @@ class AndroidTransport(Transport):
             "sdk": prop.get("ro.build.version.sdk") or None,
             "build": prop.get("ro.build.fingerprint") or None,
             "kernel": kernel,
-            "emulated": None,
+            "emulated": emulation(prop),
             "adb_serial": self.serial,
         }
 

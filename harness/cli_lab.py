@@ -7,11 +7,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from harness.lab.lab import DEFAULT_DIR, LOG_FILE, READY_TIMEOUT_S, LabState, pid_alive
+if TYPE_CHECKING:
+    from harness.lab.lab import LabState
 
+
+DEFAULT_DIR = Path("lab")  # harness.lab.lab.DEFAULT_DIR; imported lazily so `harness --help` stays instant
 _dir_option = click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
                            default=DEFAULT_DIR, show_default=True,
                            help="The lab's directory: its devices file, state, keys and logs.")
@@ -78,6 +82,8 @@ def _print_ready(state: LabState) -> None:
 
 def _up_detached(directory: Path, no_board: bool, no_phone: bool) -> None:
     """Start ``harness lab up`` in a session of its own and return once it is ready, showing its progress."""
+    from harness.lab.lab import LOG_FILE, READY_TIMEOUT_S, LabState
+
     directory.mkdir(parents=True, exist_ok=True)
     running = LabState.load(directory.resolve())
     if running is not None and running.alive:
@@ -130,6 +136,8 @@ def lab_down(directory: Path) -> None:
 @_dir_option
 def lab_status(directory: Path) -> None:
     """Is a lab running from DIR, and what to type to use it. Exit code 1 when none is."""
+    from harness.lab.lab import LOG_FILE, LabState, pid_alive
+
     state = LabState.load(directory.resolve())
     if state is None or not pid_alive(state.pid):
         click.echo(f"no lab is running from {directory}")

@@ -33,7 +33,12 @@ ENERGY_FIELDS = {  # what the runner (backends/runner.py) and the adb transport 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 COMMON_FIELDS = {"name", "transport", "backends", "threads", "cpu_mask", "delegates", "energy", "thermal",
-                 "sysfs_root", "description"}
+                 "sysfs_root", "description", "machine"}
+THERMAL_FIELDS = {
+    "zones": "thermal zone types or names to watch (default: all)",
+    "cooldown_c": "before each job, wait until the hottest watched zone is below this (default: no wait)",
+    "max_wait_s": "longest cool-down wait in seconds (default 120)",
+}
 
 
 class DevicesFileError(UserError):
@@ -60,6 +65,9 @@ class Device:
     sysfs_root: str = "/sys"
     options: dict[str, Any] = field(default_factory=dict)  # transport fields
     source: str = ""  # file:line, for messages
+    # Devices naming one machine are measured in turn, never at once (e.g. an emulator on this
+    # host: `machine: this host`); None: the transport's own notion (host:port, adb serial).
+    machine: str | None = None
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -256,17 +264,24 @@ def _parse_device(raw: Any, index: int, checker: _Checker) -> Device | None:
     if not isinstance(thermal_raw, dict):
         checker.fail((*key, "thermal"), "expected a mapping with zones, cooldown_c, max_wait_s")
     else:
+        for unknown in sorted(set(thermal_raw) - set(THERMAL_FIELDS), key=str):
+            checker.fail((*key, "thermal", unknown), f"unknown field of `thermal`; expected one of "
+                                                     f"{', '.join(THERMAL_FIELDS)}")
         try:
             thermal = Thermal(tuple(_as_list(thermal_raw.get("zones"))),
                               float(thermal_raw["cooldown_c"]) if thermal_raw.get("cooldown_c") is not None
                               else None, float(thermal_raw.get("max_wait_s", 120)))
         except (TypeError, ValueError):
             checker.fail((*key, "thermal"), "cooldown_c and max_wait_s must be numbers")
+    machine = raw.get("machine")
+    if machine is not None and not (isinstance(machine, str) and machine.strip()):
+        checker.fail((*key, "machine"), f"expected a machine name such as `this host`, got {machine!r}")
+        machine = None
     options = {k: v for k, v in raw.items() if k in info.fields}
     info.validate(options, lambda name, message: checker.fail((*key, name) if name else key, message))
     return Device(name, transport, tuple(backends), tuple(threads), cpu_mask, tuple(delegates), energy,
                   thermal, str(raw.get("sysfs_root", "/sys")), options,
-                  f"{checker.path}:{checker.lines.get(key, 1)}")
+                  f"{checker.path}:{checker.lines.get(key, 1)}", machine.strip() if machine else None)
 
 
 def _read_text(path: Path) -> str:

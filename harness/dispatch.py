@@ -56,8 +56,10 @@ class DeviceWork:
 
 def machine_of(device: Device) -> str:
     """Which machine a device's runner occupies: devices on one machine never measure at once."""
+    if device.machine:
+        return device.machine
     info = registry.transport(device.transport)
-    return "this host" if info.runs_on_host else info.machine(device)
+    return registry.THIS_HOST if info.runs_on_host else info.machine(device)
 
 
 def schedule(jobs: list[Job], seed: int | None) -> list[list[Job]]:

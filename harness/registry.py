@@ -110,6 +110,8 @@ class TransportInfo:
     machine: Callable[[Any], str] = field(default=lambda device: f"{device.transport}:{device.name}")
 
 
+THIS_HOST = "this host"  # the machine of every runs_on_host device (a devices.yaml `machine:` may name it too)
+
 TRANSPORT_MODULES: dict[str, str] = {
     "local": "backends.local",
     "ssh": "backends.ssh",

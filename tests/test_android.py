@@ -505,7 +505,13 @@ def test_check_reports_device_binary_and_sensors(adb_device: ConnectedDevice, ad
     result = transport_for(tmp_path, adb_device, adb_server, adb_server_port=None).check()
     assert result["usable"] and result["problems"] == [], result
     assert result["fingerprint"]["board_model"] == "convbench LoopbackPhone"
+    assert result["fingerprint"]["emulated"] is None  # nothing says otherwise: treated as real hardware
     assert result["runtimes"]["tflite"]["benchmark_model"] == "/data/local/tmp/convbench/benchmark_model"
+    adb_device.set_prop("ro.boot.qemu", "1")  # what the Android Emulator sets
+    fingerprint = transport_for(tmp_path, adb_device, adb_server).check()["fingerprint"]
+    assert fingerprint["emulated"] == "Android Emulator (ro.boot.qemu=1)"
+    adb_device.set_prop("ro.convbench.emulated", "loopback phone")  # what `harness lab up` sets
+    assert transport_for(tmp_path, adb_device, adb_server).check()["fingerprint"]["emulated"] == "loopback phone"
     assert result["energy"]["sensor"] == "battery(power_supply)"
     assert result["state"]["thermal_c"]["cpu-thermal"] == 41.0
 

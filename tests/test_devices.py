@@ -114,3 +114,32 @@ def test_tables_are_not_cut_when_stdout_is_not_a_terminal(tmp_path):
     path = write(tmp_path, f"devices:\n  - {{name: {long_name}, transport: local, backends: [onnxruntime]}}\n")
     listing = CliRunner().invoke(main, ["devices", "list", "--devices-file", str(path)], env={"COLUMNS": "80"})
     assert listing.exit_code == 0 and long_name in listing.output, listing.output
+
+
+def test_machine_field_groups_devices_and_thermal_typos_are_errors(tmp_path):
+    from harness.dispatch import machine_of
+
+    devices = load_devices(write(tmp_path, """devices:
+  - name: local
+    transport: local
+  - name: emulator
+    transport: adb
+    serial: emulator-5554
+    machine: this host
+  - name: phone
+    transport: adb
+    serial: 28031FDH2000AB
+"""))
+    # An emulator on this host takes turns with local jobs; a real phone measures beside them.
+    assert machine_of(devices["emulator"]) == machine_of(devices["local"]) == "this host"
+    assert machine_of(devices["phone"]) == "adb:28031FDH2000AB"
+    with pytest.raises(DevicesFileError) as err:
+        load_devices(write(tmp_path, """devices:
+  - name: local
+    transport: local
+    machine: ""
+    thermal: {cooldown: 40}
+"""))
+    message = str(err.value)
+    assert "devices.yaml:4" in message and "machine" in message
+    assert "devices.yaml:5" in message and "thermal.cooldown" in message and "cooldown_c" in message

@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 
 from harness import registry
-from harness.devices import COMMON_FIELDS, ENERGY_FIELDS
+from harness.devices import COMMON_FIELDS, ENERGY_FIELDS, THERMAL_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
-THERMAL_FIELDS = ("zones", "cooldown_c", "max_wait_s")
 
 
 def schema_fields() -> dict[str, set[str]]:

@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from harness.errors import UserError
+from harness.registry import THIS_HOST
 
 DEFAULT_DIR = Path("lab")
 STATE_FILE = "lab.json"
@@ -44,7 +45,7 @@ READY_TIMEOUT_S = BUILD_TIMEOUT_S + 300  # a detached lab may have to build the 
 BOARD_TEMP_C = 45.0
 PHONE_TEMP_C = 35.0
 PHONE_MODEL = "Pixel 7 (loopback)"
-PHONE_EMULATION = "loopback adb device: commands run on this host, models run with LiteRT's interpreter"
+PHONE_EMULATION = "loopback phone: the ADB protocol on 127.0.0.1, models run on this host by LiteRT's interpreter"
 # The quick suite's first pair and MobileNet v2: a layer pair and a network, both on every device.
 TRY_WORKLOADS = ("conv-standard-M32-N64-k3-x112-s1", "conv-separable-M32-N64-k3-x112-s1", "mobilenet_v2-1.0-224")
 # Under qemu-user an inference is ~500x slower than native (MobileNet v2: seconds): few, short
@@ -289,10 +290,11 @@ class Lab:
                 "ssh_config": str(self.directory / "ssh_config"), "python": "python3", "workdir": "/tmp/convbench",
                 "backends": ["tflite", "onnxruntime"], "threads": [1], "energy": {"sensor": "none"},
                 "thermal": {"zones": ["cpu-thermal"], "cooldown_c": 55, "max_wait_s": 60},
+                "machine": THIS_HOST,  # the board is processes of this machine: never measure beside another
             })
         if self.phone is not None:
             devices.append({
-                "name": "pixel7", "description": f"{PHONE_MODEL}: {PHONE_EMULATION} (convbench lab)",
+                "name": "pixel7", "description": f"{PHONE_EMULATION} (convbench lab)",
                 "transport": "adb", "serial": self.phone.serial, "adb": shutil.which("adb"),
                 "adb_server_port": state.adb_server_port,
                 "benchmark_model": str(Path(package.__file__).with_name("benchmark_model_standin.py")),
@@ -300,12 +302,15 @@ class Lab:
                 # The loopback phone's battery files hold constants, not readings: no energy figures.
                 "energy": {"sensor": "none"},
                 "thermal": {"zones": ["cpu-thermal"], "cooldown_c": 40, "max_wait_s": 60},
+                "machine": THIS_HOST,
             })
         devices.append({"name": "local", "description": "this machine", "transport": "local",
                         "backends": ["tflite", "onnxruntime"], "threads": [1]})
         header = (f"# Written by `harness lab up` (pid {state.pid}); `harness lab down` stops the lab.\n"
                   "# pi4 and pixel7 are emulations on this machine: their timings are not a real Pi's or\n"
-                  "# phone's, and reports say so.  Real devices go in devices.yaml (see its comments).\n")
+                  "# phone's, and reports say so.  They share this machine's CPUs (`machine: this host`),\n"
+                  "# so their jobs take turns with each other and with `local`, never overlapping.\n"
+                  "# Real devices go in devices.yaml (see its comments).\n")
         body = yaml.safe_dump({"devices": devices}, sort_keys=False, width=120)
         path = Path(state.devices_file)
         tmp = path.with_suffix(".tmp")
