@@ -340,7 +340,7 @@ def _writable_results_dir(path: Path) -> Path:
 
 
 def _print_run_summary(run_path: Path) -> None:
-    from harness.analysis import excluded, network_summary, pair_speedups
+    from harness.analysis import delegate_backends, excluded, network_summary, pair_speedups, where_label
     from harness.store import load_frame
 
     frame = load_frame([run_path])
@@ -360,15 +360,17 @@ def _print_run_summary(run_path: Path) -> None:
                          rows)
     nets = network_summary(frame)
     if not nets.empty:
-        rows = [[f"{r.device}/{r.backend}/t{r.threads}", r.workload_id, f"{r.latency_median * 1e3:.2f}",
-                 _human(r.macs), f"{r.gmacs_per_s:.1f}", r.output_check_status]
-                for r in nets.itertuples()]
+        named = delegate_backends(frame)
+        rows = [[where_label(r, named), r["workload_id"], f"{r['latency_median'] * 1e3:.2f}",
+                 _human(r["macs"]), f"{r['gmacs_per_s']:.1f}", r["output_check_status"]]
+                for _, r in nets.iterrows()]
         _print_table("networks", ["device/backend", "network", "median ms", "MACs", "GMAC/s", "output"], rows)
     if "machine_busy" in frame:
-        busy = int(frame["machine_busy"].fillna(False).astype(bool).sum())
-        if busy:
-            click.echo(f"warning: {busy} of {len(frame)} jobs ran while other processes used this machine's CPU "
-                       "(see each record's other_cpu_cores); their timings are noisier")
+        busy_rows = frame[frame["machine_busy"].fillna(False).astype(bool)]
+        if len(busy_rows):
+            where = ", ".join(f"{device}: {n}" for device, n in busy_rows["device"].value_counts().sort_index().items())
+            click.echo(f"warning: {len(busy_rows)} of {len(frame)} jobs ran while other processes used their "
+                       f"machine's CPU ({where}; see each record's other_cpu_cores); their timings are noisier")
     bad = excluded(frame)
     if not bad.empty:
         _print_table("not measured or invalid (excluded from the analysis)", ["job", "status", "reason"],

@@ -126,13 +126,16 @@ def test_headline_run_in_the_lab_end_to_end(tmp_path):
 
         compare = harness("compare", cwd=work, env=env)
         output = compare.stdout + compare.stderr
-        assert compare.returncode in (0, 1), output
+        assert compare.returncode == 0, output
         rows = [line for line in output.splitlines() if re.search(r"\b(pi4|pixel7)\b", line)
                 and re.search(r"\b(unchanged|regressed|improved|inconclusive)\b", line)]
         assert {device for line in rows for device in ("pi4", "pixel7") if device in line} == {"pi4", "pixel7"}
         assert len(rows) == 6, output  # every job of both devices judged
         assert "no raw samples" not in output and "a verdict needs at least 2" not in output
-        assert any("unchanged" in line for line in rows if "pixel7" in line), output
+        # An A/A comparison: no false regression (the gate's calibrated rate is under 1% a row); with three
+        # invocations a side some rows stay inconclusive, which is an honest verdict, not a failure.
+        assert not [line for line in rows if "regressed" in line], output
+        assert all(re.search(r"\[[-+]\d", line) for line in rows), output  # each with its interval
     finally:
         down = harness("lab", "down", "--dir", str(directory), cwd=work, env=env, timeout=120)
     assert down.returncode == 0 and "lab stopped" in down.stdout, down.stdout + down.stderr

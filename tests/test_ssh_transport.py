@@ -153,3 +153,20 @@ def test_devices_check_over_ssh(tmp_path, board):
     result = CliRunner().invoke(main, ["devices", "check", "board", "--devices-file", str(path)])
     assert result.exit_code == 0, result.output
     assert "board (ssh): usable" in result.output and "onnxruntime" in result.output
+
+
+def test_ssh_board_waits_to_cool_and_says_so(tmp_path, board, results_dir):
+    """The runner on the board reads the board's thermal zones and waits; the console hears it over SSH."""
+    zone = tmp_path / "board-sys" / "class" / "thermal" / "thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("71500\n")
+    path = devices_file(tmp_path, board, sysfs_root=str(tmp_path / "board-sys"), backends=["onnxruntime"],
+                        thermal={"zones": ["cpu-thermal"], "cooldown_c": 60, "max_wait_s": 1})
+    result = run("--devices", "board", "--devices-file", str(path), "--workloads", PAIR.split(",")[1])
+    assert result.exit_code == 0, result.output
+    assert "board: did not cool down within 1 s: cpu-thermal 71.5 \u00b0C > 60 \u00b0C target" in result.output
+    (run_path,) = [p for p in results_dir.iterdir() if p.is_dir()]
+    _, (record,) = read_run(run_path)
+    assert record["status"] == "ok" and record["cooldown_timed_out"] and record["cooldown_target_c"] == 60
+    assert 1.0 <= record["cooldown_wait_s"] < 10

@@ -43,15 +43,17 @@ def read_cpufreq(sysfs_root="/sys"):
 
 
 def _cpu_jiffies():
-    """(busy jiffies of the whole machine, jiffies of this process) from /proc."""
+    """(busy jiffies of the whole machine, CPU seconds of this process)."""
     try:
         fields = (_read("/proc/stat") or "").splitlines()[0].split()[1:]
         values = [int(v) for v in fields]
         idle = values[3] + (values[4] if len(values) > 4 else 0)
-        own = (_read("/proc/self/stat") or "").rsplit(")", 1)[1].split()
-        return sum(values[:8]) - idle, int(own[11]) + int(own[12])
     except (IndexError, ValueError):
         return None
+    # times(2), not /proc/self/stat: under qemu-user /proc/self/stat is qemu's fake with zero CPU
+    # times, so an emulated board would count its own runner as another process.
+    own = os.times()
+    return sum(values[:8]) - idle, own.user + own.system
 
 
 class BusyMeter:
@@ -69,8 +71,8 @@ class BusyMeter:
         if self._start is None or end is None or elapsed <= 0:
             return None
         hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        others = (end[0] - self._start[0]) - (end[1] - self._start[1])
-        return max(0.0, others / hz / elapsed)
+        others = (end[0] - self._start[0]) / hz - (end[1] - self._start[1])
+        return max(0.0, others / elapsed)
 
 
 def system_state(sysfs_root="/sys"):

@@ -41,6 +41,7 @@ DEVICES_FILE = "devices.yaml"
 LOG_FILE = "lab.log"
 BUILD_LOG = "board-build.log"
 BUILD_TIMEOUT_S = 45 * 60
+QUIET_BUILD_S = 3.0  # a board image ready within this is a cached one: its build log is not shown
 READY_TIMEOUT_S = BUILD_TIMEOUT_S + 300  # a detached lab may have to build the board image first
 BOARD_TEMP_C = 45.0
 PHONE_TEMP_C = 35.0
@@ -200,8 +201,9 @@ class Lab:
 
         script = Path(package.__file__).with_name("build.py")
         log_path = self.directory / BUILD_LOG
-        self.say("board image: reusing the cached one, or building it (first time: several minutes, as root)")
         lines: list[str] = []
+        started = time.monotonic()
+        shown = 0
         with open(log_path, "w") as log:
             proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
@@ -209,19 +211,29 @@ class Lab:
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     log.write(line)
-                    lines.append(line.rstrip())
                     if not line.startswith("IMAGE_DIR="):
-                        self.say("  " + line.rstrip())
+                        lines.append(line.rstrip())
+                    # A cached image is reused in a second: its log is noise.  A build takes minutes:
+                    # show its phases as they come.
+                    if time.monotonic() - started > QUIET_BUILD_S:
+                        if shown == 0:
+                            self.say("building the board image (first time only: several minutes, as root)")
+                        for pending in lines[shown:]:
+                            self.say("  " + pending)
+                        shown = len(lines)
                 proc.wait(timeout=BUILD_TIMEOUT_S)
             finally:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-        image = next((line.split("=", 1)[1] for line in lines if line.startswith("IMAGE_DIR=")), None)
+        image = next((line.split("=", 1)[1].strip() for line in log_path.read_text().splitlines()
+                      if line.startswith("IMAGE_DIR=")), None)
         if proc.returncode != 0 or image is None:
             hint = "" if os.geteuid() == 0 else " (a first build needs root: run `sudo make lab` once)"
             raise LabError(f"cannot build the board image{hint}; its log is {log_path}:\n  "
                            + "\n  ".join(lines[-15:]))
+        if shown == 0:
+            self.say(f"board image: {Path(image).parent} (cached)")
         return Path(image)
 
     def _start_phone(self) -> None:
