@@ -9,6 +9,7 @@ as ``mobilenet_v1-0.75-192``, ``mobilenet_v1_conv-1.0-224``, ``mobilenet_v2-1.4-
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 
 from harness.errors import UserError
 from harness.workloads.conv import ConvSpec, WorkloadIdError, theoretical_ratio
@@ -43,12 +44,31 @@ class UnknownName(UserError, ValueError):
     """A user-supplied name that is not known; the message lists valid names."""
 
 
+# Further workload families, each a module with ``network(workload_id) -> Network`` and
+# ``canonical(workload_id) -> str``, imported when an id of theirs is first used.
+FAMILY_MODULES: dict[str, str] = {
+    "calib-": "harness.workloads.calib",  # the runtimes' own ceilings (harness calibrate)
+}
+
+
+def _family(workload_id: str) -> ModuleType | None:
+    import importlib
+
+    for prefix, module in FAMILY_MODULES.items():
+        if workload_id.startswith(prefix):
+            return importlib.import_module(module)
+    return None
+
+
 def get(workload_id: str) -> Network:
     """The network for a workload id; raises WorkloadIdError with a helpful message."""
     if workload_id.startswith("conv-"):
         return ConvSpec.from_id(workload_id).network()
     if workload_id.startswith("mobilenet"):
         return network_from_id(workload_id)
+    family = _family(workload_id)
+    if family is not None:
+        return family.network(workload_id)
     raise WorkloadIdError(
         f"unknown workload {workload_id!r}: expected conv-<kind>-M<m>-N<n>-k<k>-x<x>-s<s> "
         "or a network id such as mobilenet_v1-1.0-224 (see `harness workloads`)"
@@ -66,6 +86,9 @@ def canonical(workload_id: str) -> str:
     network = get(workload_id)
     if workload_id.startswith("conv-"):
         return ConvSpec.from_id(workload_id).workload_id
+    family = _family(workload_id)
+    if family is not None:
+        return family.canonical(workload_id)
     return network.workload_id
 
 
