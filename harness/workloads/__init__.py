@@ -3,7 +3,8 @@
 Any well-formed id works, not only those in a suite:
 ``conv-<kind>-M<m>-N<n>-k<k>-x<x>-s<s>[-b<batch>][-valid][-nobn]`` or a network id such
 as ``mobilenet_v1-0.75-192``, ``mobilenet_v1_conv-1.0-224``, ``mobilenet_v2-1.4-224``,
-``mobilenet_v3_small-224``.
+``mobilenet_v3_small-224``; ``fc-I<in>-O<out>`` (a classifier layer, see ``layers.py``).
+Suite ``layers-of:NETWORK[,NETWORK]`` is each network followed by its distinct layers.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class UnknownName(UserError, ValueError):
 # ``canonical(workload_id) -> str``, imported when an id of theirs is first used.
 FAMILY_MODULES: dict[str, str] = {
     "calib-": "harness.workloads.calib",  # the runtimes' own ceilings (harness calibrate)
+    "fc-": "harness.workloads.layers",  # fully connected layers: a network's classifier measured alone
 }
 
 
@@ -167,6 +169,12 @@ def suite_names() -> list[str]:
 
 
 def suite(name: str) -> list[str]:
+    from harness.workloads.layers import suite_of
+
+    layers_of = suite_of(name)  # layers-of:NETWORK[,NETWORK]: each network and its distinct layers
+    if layers_of is not None:
+        return layers_of
     if name not in SUITES:
-        raise UnknownName(f"unknown suite {name!r}; valid suites: {', '.join(SUITES)}")
+        raise UnknownName(f"unknown suite {name!r}; valid suites: {', '.join(SUITES)}, "
+                          "or layers-of:NETWORK[,NETWORK] (a network and each of its distinct layers)")
     return SUITES[name]()
