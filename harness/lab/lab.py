@@ -117,26 +117,24 @@ def missing_requirements(board: bool = True, phone: bool = True) -> list[str]:
 
     missing = []
     system = "run `make lab` (or `sudo sh tools/system-deps.sh`) to install the Debian packages"
+    modules: list[tuple[str, str]] = []
     if phone:
         if shutil.which("adb") is None:
             missing.append(f"the adb client (Debian package adb): {system}")
         reason = sandbox_available()
         if reason:
             missing.append(f"{reason}; {system}")
-        for module, extra in (("adbutils", "android"), ("ai_edge_litert", "tflite")):
-            try:
-                __import__(module)
-            except ImportError:
-                missing.append(f"Python package {module}: pip install -e '.[{extra}]' (make setup installs it)")
+        modules += [("adbutils", "android"), ("ai_edge_litert", "tflite")]
     if board:
         # The image build (harness/lab/arm64_board/build.py) installs and checks its own tools.
         if shutil.which("bwrap") is None:
             missing.append(f"bubblewrap (bwrap): {system}")
-        for module, extra in (("paramiko", "ssh"), ("cryptography", "ssh")):
-            try:
-                __import__(module)
-            except ImportError:
-                missing.append(f"Python package {module}: pip install -e '.[{extra}]' (make setup installs it)")
+        modules += [("paramiko", "ssh"), ("cryptography", "ssh")]
+    for module, extra in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(f"Python package {module}: pip install -e '.[{extra}]' (make setup installs it)")
     return missing
 
 
