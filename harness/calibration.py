@@ -196,7 +196,7 @@ def _local_llc_bytes(sysfs_root: str = "/sys") -> int | None:
 
 
 def ceilings_from_records(records: Iterable[Mapping[str, Any]],
-                          llc_bytes: Mapping[str, int | None] | None = None
+                          llc_bytes: Mapping[str, int | None] | None = None, run_id: str | None = None
                           ) -> tuple[list[tuple[Ceiling, dict]], list[CalibrationFailure]]:
     """(ceiling, fingerprint) per device x backend x threads x delegate measured, and what failed."""
     from harness.catalog import workload_row
@@ -241,7 +241,7 @@ def ceilings_from_records(records: Iterable[Mapping[str, Any]],
                              "latency_min_s": record["latency"].get("min"), "macs": cost["macs"],
                              "bytes": cost["bytes_fp32"], "invocations": sum(1 for r in group
                                                                               if r["workload_id"] == workload_id),
-                             "provider": record.get("provider"), "run_id": record.get("run_id")}
+                             "provider": record.get("provider"), "run_id": record.get("run_id") or run_id}
         first = best[COMPUTE_WORKLOAD]
         fingerprint = dict(first.get("device_fingerprint") or {})
         if not fingerprint.get("id"):
@@ -255,3 +255,112 @@ def ceilings_from_records(records: Iterable[Mapping[str, Any]],
                           llc_bytes=(llc_bytes or {}).get(device))
         ceilings.append((ceiling, fingerprint))
     return ceilings, failures
+
+
+# ---------------------------------------------------------------- running a calibration
+@dataclass(frozen=True)
+class Target:
+    """One device x backend x threads x delegate to calibrate."""
+
+    device_name: str
+    backend: str
+    threads: int
+    delegate: str | None
+    device: Any = field(compare=False, repr=False)  # harness.devices.Device (not hashable itself)
+
+    @property
+    def label(self) -> str:
+        tag = f"{self.backend}-{self.delegate}" if self.delegate else self.backend
+        return f"{self.device_name}/{tag}/t{self.threads}"
+
+
+@dataclass
+class CalibrationOutcome:
+    ceilings: list[Ceiling]
+    failures: list[CalibrationFailure]
+    run_path: Path | None  # the calibration run (under calibrations/runs/), if one was made
+    reused: list[Ceiling] = field(default_factory=list)  # already stored for the fingerprint, not measured again
+    seconds: float = 0.0
+
+
+def targets(devices: list[Any], backends: list[str] | None, threads: list[int] | None) -> list[Target]:
+    """What a run with these devices, backends and threads would measure, each once."""
+    from harness import plan
+
+    jobs = plan.make_jobs(devices, plan.Selection([COMPUTE_WORKLOAD], backends, threads))
+    by_name = {d.name: d for d in devices}
+    return list(dict.fromkeys(Target(j.device, j.backend, j.threads, j.delegate, by_name[j.device]) for j in jobs))
+
+
+def known_fingerprint(device: Any, ceilings: Mapping[CeilingKey, Ceiling]) -> str | None:
+    """The device's fingerprint id without running anything on it, or None when it cannot be known yet.
+
+    A local device is this machine: its fingerprint is computed here, by the function the
+    runner itself calls.  A remote device is taken to be the one it was when last calibrated
+    under its name; if it has changed since (new board, OS update), its records carry the
+    new fingerprint and the run says that no ceiling matches it.
+    """
+    if device.transport == "local":
+        from backends.runner import fingerprint
+        from harness.records import fingerprint_id
+
+        return fingerprint_id(fingerprint(device.sysfs_root))
+    named = [c for c in ceilings.values() if c.device == device.name]
+    return max(named, key=lambda c: c.measured_at).fingerprint_id if named else None
+
+
+def uncalibrated(wanted: list[Target], ceilings: Mapping[CeilingKey, Ceiling]) -> tuple[list[Target], list[Ceiling]]:
+    """(targets with no stored ceiling for their device's fingerprint, the ceilings the others have)."""
+    missing, found = [], []
+    fingerprints: dict[str, str | None] = {}
+    for target in wanted:
+        if target.device.name not in fingerprints:
+            fingerprints[target.device.name] = known_fingerprint(target.device, ceilings)
+        fingerprint_id = fingerprints[target.device.name]
+        ceiling = ceilings.get((fingerprint_id, target.backend, target.threads, target.delegate)) \
+            if fingerprint_id else None
+        if ceiling is None:
+            missing.append(target)
+        else:
+            found.append(ceiling)
+    return missing, found
+
+
+def calibration_policy(max_seconds: float = 1.0) -> Any:
+    """Short timing: each kernel's median settles within a few dozen calls (the conv takes ~10-50 ms here)."""
+    from harness import plan
+
+    return plan.timing_policy(min(0.3, max_seconds), max_seconds, 5, 2, 0.02, 0.0)
+
+
+def run_calibration(wanted: list[Target], results_dir: Path, *, recalibrate: bool = False, repeats: int = 1,
+                    max_seconds: float = 1.0, on_event: Any = None) -> CalibrationOutcome:
+    """Measure the kernels for every target without a stored ceiling (all of them with ``recalibrate``)."""
+    import time
+
+    from harness import plan
+    from harness.run import execute
+
+    started = time.monotonic()
+    stored = load_ceilings(results_dir)
+    missing, reused = (list(wanted), []) if recalibrate else uncalibrated(wanted, stored)
+    if not missing:
+        return CalibrationOutcome([], [], None, reused)
+    devices = list({t.device.name: t.device for t in missing}.values())
+    keys = {(t.device.name, t.backend, t.threads, t.delegate) for t in missing}
+    # One cross product covers every target (each device's own lists are overridden); keep the targets.
+    selection = plan.Selection(list(WORKLOADS), sorted({t.backend for t in missing}),
+                               sorted({t.threads for t in missing}), repeats)
+    jobs = [job for job in plan.make_jobs(devices, selection)
+            if (job.device, job.backend, job.threads, job.delegate) in keys]
+    request = plan.RunRequest(devices, jobs, calibration_policy(max_seconds),
+                              calibrations_dir(results_dir) / RUNS_DIR, list(WORKLOADS), "calibration",
+                              repeats=repeats)
+    request.results_dir.mkdir(parents=True, exist_ok=True)
+    outcome = execute(request, on_event or (lambda event: None))
+    llc = {d.name: _local_llc_bytes(d.sysfs_root) for d in devices if d.transport == "local"}
+    measured, failures = ceilings_from_records(outcome.records, llc, outcome.run_id)
+    for ceiling, fingerprint in measured:
+        save_ceiling(results_dir, ceiling, fingerprint)
+    return CalibrationOutcome([c for c, _ in measured], failures, outcome.path, reused,
+                              time.monotonic() - started)

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from harness.cli_calibrate import auto_calibration_disabled, calibrate_before_run
 from harness.cli_cluster import cluster_run_options, resolve_cluster
 from harness.errors import UserError
 
@@ -157,12 +158,22 @@ def timing_options(command: Any) -> Any:
 @click.option("--out", "results_dir", type=click.Path(path_type=Path), default=None,
               help="Results directory (default: $CONVBENCH_RESULTS or ./results).")
 @cluster_run_options
+@click.option("--recalibrate", is_flag=True,
+              help="Measure each device x backend x threads' ceilings again before the run (see `harness calibrate`).")
+@click.option("--no-calibrate", is_flag=True,
+              help="Do not calibrate first, even where no ceilings are stored for a device (also: "
+                   "CONVBENCH_CALIBRATE=off).")
 def run_command(suite: str | None, workload_ids: str | None, backends: str | None, threads: str | None,
                 device_names: str | None, devices_file: Path | None, repeats: int, max_time: float,
                 min_time: float, min_runs: int, warmup_runs: int, target_ci: float, energy_idle: float,
                 results_dir: Path | None, cluster: str | None,
-                tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
-    """Benchmark workloads on devices; results go to results/<run-id>/."""
+                tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
+                recalibrate: bool = False, no_calibrate: bool = False) -> None:
+    """Benchmark workloads on devices; results go to results/<run-id>/.
+
+    Before measuring, each device x backend x threads without stored ceilings for its
+    fingerprint gets a quick calibration (`harness calibrate`): a few seconds, once.
+    """
     from harness import devices as devices_mod
     from harness import plan
 
@@ -178,16 +189,26 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
                                                                          else list(known)[:1])
     selected = devices_mod.select(known, names)
 
+    if recalibrate and no_calibrate:
+        raise UserError("--recalibrate and --no-calibrate contradict each other; give one")
+    # A cluster's workers reach its devices; this host may not: calibrate those with `harness calibrate` there.
+    calibrate = recalibrate or not (no_calibrate or auto_calibration_disabled() or cluster)
     outcome = _measure(selected, workload_list, suite, backend_list, thread_list, repeats, policy_args, notes,
-                       results_dir, cluster_run=(cluster, tls_ca, tls_cert, tls_key))
+                       results_dir, cluster_run=(cluster, tls_ca, tls_cert, tls_key),
+                       calibrate=calibrate, recalibrate=recalibrate)
     _print_run_summary(outcome.path)
     _finish_run(outcome)
 
 
 def _measure(selected: list, workload_list: list[str], suite: str | None, backend_list: list[str] | None,
              thread_list: list[int] | None, repeats: int, policy_args: tuple, notes: list[str],
-             results_dir: Path | None, cluster_run: tuple = (None, None, None, None)) -> Any:
-    """Plan, announce and execute a run with a live progress display; returns its RunOutcome."""
+             results_dir: Path | None, cluster_run: tuple = (None, None, None, None), calibrate: bool = False,
+             recalibrate: bool = False) -> Any:
+    """Plan, announce and execute a run with a live progress display; returns its RunOutcome.
+
+    ``calibrate``: first measure the ceilings of whatever in the plan has none stored (all with
+    ``recalibrate``), on the same devices, outside the run (see harness/calibration.py).
+    """
     from rich.console import Console
 
     from harness import plan
@@ -216,6 +237,8 @@ def _measure(selected: list, workload_list: list[str], suite: str | None, backen
             console.print(f"  {line}", markup=False, soft_wrap=True)
     cluster_address, cluster_security = resolve_cluster(*cluster_run)
     results_root = _writable_results_dir(results_dir or default_results_dir())
+    if calibrate:
+        calibrate_before_run(selected, chosen, thread_list, results_root, recalibrate, console)
     request = plan.RunRequest(selected, jobs, policy, results_root, workload_list, suite, skipped,
                               cluster=cluster_address, cluster_security=cluster_security, repeats=repeats)
     with RunProgress(console) as progress:
@@ -589,12 +612,14 @@ def _print_check(name: str, transport: str, result: dict) -> None:
 
 
 from harness.cli_analysis import register  # noqa: E402
+from harness.cli_calibrate import register as register_calibrate  # noqa: E402
 from harness.cli_cluster import register as register_cluster  # noqa: E402
 from harness.cli_history import register as register_history  # noqa: E402
 from harness.cli_lab import register as register_lab  # noqa: E402
 
 register(main)
 register_cluster(main)
+register_calibrate(main)
 register_history(main)
 register_lab(main)
 
