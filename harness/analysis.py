@@ -8,7 +8,7 @@ figure or a ratio; they are listed by ``excluded``.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -210,7 +210,8 @@ def workload_summary(frame: pd.DataFrame) -> pd.DataFrame:
                            "latency_cv", "latency_n", "gmacs_per_s", "memory_peak_rss_bytes",
                            "memory_rss_increase_bytes", "energy_j", "energy_sensor", "output_check_status",
                            "output_check_max_abs_diff", "device_emulated", "runtime_version", "energy_status",
-                           "memory_gpu_peak_bytes", "bytes_fp32"] if c in out]
+                           "memory_gpu_peak_bytes", "bytes_fp32", "device_fingerprint_id", "requested_delegate"]
+               if c in out]
     return out[columns].reset_index(drop=True)
 
 
@@ -310,3 +311,84 @@ def series_label(row: Any, multi_threads: bool, named_delegates: Collection[str]
 def where_label(row: Any, named_delegates: Collection[str] = ()) -> str:
     """device/backend[delegate]/tN: a table row's measurement setting."""
     return f"{row['device']}/{backend_label(row, named_delegates)}/t{row['threads']}"
+
+
+def theory_comparison(frame: pd.DataFrame, ceilings: Mapping[Any, Any]) -> pd.DataFrame:
+    """Which theory predicts each measured speedup better: the op ratio or the roofline.
+
+    One row per standard/separable pair and per MobileNet v1 vs its standard-conv twin, on every
+    device x backend x threads with a stored ceiling (``harness calibrate``).  ``op_ratio`` is
+    the MAC ratio; ``roofline`` the ratio of the two workloads' roofline times under that
+    device and backend's ceilings (``harness.roofline``); ``*_error`` how far each is from the
+    measured speedup on a ratio scale, ``closer`` which one is nearer.
+    """
+    from harness import roofline
+    from harness.calibration import ceiling_for
+
+    if not ceilings:
+        return pd.DataFrame()
+    comparisons: list[tuple[Any, str, str, str, float, float]] = []  # (row, what, slow id, fast id, measured, op)
+    pairs = pair_speedups(frame, bootstrap=0)
+    valid_rows = _valid(frame)
+    by_key = {}
+    if not valid_rows.empty:
+        for _, row in valid_rows.iterrows():
+            by_key[(row.get("run_id"), row["device"], row["backend"], row["threads"], row.get("delegate") or "",
+                    row["workload_id"])] = row
+    for _, pair in pairs.iterrows():
+        key = (pair.get("run_id"), pair["device"], pair["backend"], pair["threads"], pair.get("delegate") or "")
+        row = by_key.get((*key, pair["pair_id"]))
+        if row is not None:
+            comparisons.append((row, "pair", pair["standard_id"], pair["pair_id"], pair["measured_speedup"],
+                                pair["theoretical_speedup"]))
+    for _, net in v1_vs_twin(frame).iterrows():
+        key = (net.get("run_id"), net["device"], net["backend"], net["threads"], net.get("delegate") or "")
+        row = by_key.get((*key, net["workload_id"]))
+        if row is not None:
+            comparisons.append((row, "network", net["twin_id"], net["workload_id"], net["measured_speedup"],
+                                net["theoretical_speedup"]))
+    out = []
+    for row, what, slow_id, fast_id, measured, op_ratio in comparisons:
+        ceiling = ceiling_for(row, ceilings)
+        if ceiling is None:
+            continue
+        predicted = roofline.predicted_speedup(slow_id, fast_id, ceiling, ceiling.llc_bytes)
+        op_error, roof_error = roofline.theory_error(op_ratio, measured), roofline.theory_error(predicted, measured)
+        out.append({
+            **{k: row.get(k) for k in ("run_id", *GROUP) if k in row}, "comparison": what,
+            "slow_id": slow_id, "fast_id": fast_id, "measured_speedup": measured, "op_ratio_speedup": op_ratio,
+            "roofline_speedup": predicted, "op_ratio_error_pct": roofline.error_percent(op_error),
+            "roofline_error_pct": roofline.error_percent(roof_error),
+            "closer": "roofline" if roof_error < op_error else "op ratio",
+            "fast_memory_bound_share": roofline.memory_bound_share(fast_id, ceiling, ceiling.llc_bytes),
+            "peak_gmacs_per_s": ceiling.peak_macs_per_s / 1e9, "stream_gb_per_s": ceiling.stream_bytes_per_s / 1e9,
+        })
+    return pd.DataFrame(out)
+
+
+def roofline_positions(workloads: pd.DataFrame, ceilings: Mapping[Any, Any]) -> pd.DataFrame:
+    """``workload_summary`` rows placed against their device and backend's measured roofs.
+
+    Adds ``attainable_gmacs_per_s`` (the roofline at the workload's arithmetic intensity, the
+    cache-resident bandwidth when its bytes fit in the last-level cache), ``pct_of_attainable``
+    and ``bound`` (memory or compute: which roof is the lower at that intensity); rows without
+    a ceiling keep NaN.
+    """
+    from harness.calibration import ceiling_for
+
+    out = workloads.copy()
+    attainable, bound = [], []
+    for _, row in out.iterrows():
+        ceiling = ceiling_for(row, ceilings) if ceilings else None
+        if ceiling is None or not row.get("intensity"):
+            attainable.append(math.nan)
+            bound.append("")
+            continue
+        resident = bool(ceiling.llc_bytes and row.get("bytes_fp32") and row["bytes_fp32"] <= ceiling.llc_bytes)
+        roof = ceiling.attainable_macs_per_s(float(row["intensity"]), resident)
+        attainable.append(roof / 1e9)
+        bound.append("compute" if roof >= ceiling.peak_macs_per_s else "memory")
+    out["attainable_gmacs_per_s"] = attainable
+    out["pct_of_attainable"] = out["gmacs_per_s"] / out["attainable_gmacs_per_s"] if len(out) else []
+    out["bound"] = bound
+    return out

@@ -17,7 +17,8 @@ from typing import Any
 from harness.errors import UserError
 
 CSV_FILES = {"pairs": "pairs.csv", "efficiency": "efficiency.csv", "workloads": "workloads.csv",
-             "networks": "networks.csv", "v1_vs_twin": "v1_vs_twin.csv", "excluded": "excluded.csv"}
+             "networks": "networks.csv", "v1_vs_twin": "v1_vs_twin.csv", "theories": "theories.csv",
+             "excluded": "excluded.csv"}
 
 
 @dataclass
@@ -31,22 +32,37 @@ class ReportResult:
     summary: list[str] = field(default_factory=list)
 
 
-def analyse(frame: Any, bootstrap: int = 1000) -> dict[str, Any]:
-    """Every analysis table of a tidy frame, by name, and the backends whose labels name the delegate."""
+def analyse(frame: Any, bootstrap: int = 1000, ceilings: dict[Any, Any] | None = None) -> dict[str, Any]:
+    """Every analysis table of a tidy frame, by name, and the backends whose labels name the delegate.
+
+    ``ceilings`` (``harness.calibration.load_ceilings``) add the roofline theory and the measured roofs.
+    """
     from harness import analysis
 
     pairs = analysis.pair_speedups(frame, bootstrap=bootstrap)
     return {
+        "ceilings": ceilings or {},
+        "theories": analysis.theory_comparison(frame, ceilings or {}),
         "delegate_backends": analysis.delegate_backends(frame),
         "valid": analysis.valid(frame),
         "pairs": pairs,
         "efficiency": analysis.efficiency_summary(pairs),
-        "workloads": analysis.workload_summary(frame),
+        "workloads": analysis.roofline_positions(analysis.workload_summary(frame), ceilings or {}),
         "networks": analysis.network_summary(frame),
         "network_comparison": analysis.network_comparison(frame),
         "v1_vs_twin": analysis.v1_vs_twin(frame),
         "excluded": analysis.excluded(frame),
     }
+
+
+def _ceilings_beside(run_paths: list[Path]) -> dict[Any, Any]:
+    """The calibrations stored in the results directories holding these runs (``harness calibrate``)."""
+    from harness.calibration import load_ceilings
+
+    ceilings: dict[Any, Any] = {}
+    for results_dir in dict.fromkeys(Path(path).resolve().parent for path in run_paths):
+        ceilings.update(load_ceilings(results_dir))
+    return ceilings
 
 
 def default_title(infos: list[dict[str, Any]]) -> str:
@@ -67,7 +83,7 @@ def build_report(run_paths: list[Path], out_dir: Path, title: str | None = None,
     frame = load_frame(run_paths)
     if frame.empty:
         raise UserError(f"no measurements in {', '.join(str(p) for p in run_paths)}")
-    analysed = analyse(frame, bootstrap)
+    analysed = analyse(frame, bootstrap, _ceilings_beside(run_paths))
     infos = [info for info, _ in runs]
     title = title or default_title(infos)
     generated = (f"generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} from "
@@ -80,6 +96,7 @@ def build_report(run_paths: list[Path], out_dir: Path, title: str | None = None,
         tables.efficiency_table(analysed["efficiency"], delegates),
         tables.pairs_table(analysed["pairs"], delegates),
         tables.twin_table(analysed["v1_vs_twin"], delegates),
+        tables.theory_table(analysed["theories"], delegates),
         tables.networks_table(analysed["network_comparison"], delegates),
         tables.workloads_table(analysed["workloads"], delegates),
         tables.excluded_table(analysed["excluded"]),
@@ -92,7 +109,8 @@ def build_report(run_paths: list[Path], out_dir: Path, title: str | None = None,
     csv_names = {}
     csv_frames = {"pairs": analysed["pairs"], "efficiency": analysed["efficiency"],
                   "workloads": analysed["workloads"], "networks": analysed["network_comparison"],
-                  "v1_vs_twin": analysed["v1_vs_twin"], "excluded": analysed["excluded"]}
+                  "v1_vs_twin": analysed["v1_vs_twin"], "theories": analysed["theories"],
+                  "excluded": analysed["excluded"]}
     for name, table in csv_frames.items():
         path = out_dir / CSV_FILES[name]
         table.to_csv(path, index=False)

@@ -222,11 +222,36 @@ def latency_figure(workloads: pd.DataFrame, style: Style) -> Figure:
     return figure
 
 
-def roofline_figure(workloads: pd.DataFrame, style: Style) -> Figure:
+def _draw_roofs(ax: Any, subset: pd.DataFrame, style: Style, ceilings: Any) -> None:
+    """Each series' measured roofs over the panel's intensity range: streaming (dashed) and cache (dotted)."""
+    if not ceilings or subset.empty:
+        return
+    from harness.calibration import ceiling_for
+
+    low, high = subset["intensity"].min() / 2, subset["intensity"].max() * 2
+    xs = np.geomspace(low, high, 200)
+    drawn = set()
+    for _, row in subset.iterrows():
+        label = style.series(row)
+        ceiling = ceiling_for(row, ceilings)
+        if ceiling is None or label in drawn:
+            continue
+        drawn.add(label)
+        ax.plot(xs, [ceiling.attainable_macs_per_s(x) / 1e9 for x in xs], color=style.colour(label),
+                linestyle="--", linewidth=1.2, alpha=0.8)
+        if ceiling.cache_bytes_per_s:
+            ax.plot(xs, [ceiling.attainable_macs_per_s(x, resident=True) / 1e9 for x in xs],
+                    color=style.colour(label), linestyle=":", linewidth=1.0, alpha=0.6)
+
+
+def roofline_figure(workloads: pd.DataFrame, style: Style, ceilings: Any = None) -> Figure:
     figure = Figure("roofline", "Achieved throughput vs arithmetic intensity (roofline view)",
                     "Achieved GMAC/s against MACs per fp32 byte moved (weights + one read of the input + one write "
                     "of the output per layer). Separable layers sit left of standard ones: they do little work "
-                    "per byte, so memory bandwidth rather than compute limits them.")
+                    "per byte, so memory bandwidth rather than compute limits them. Lines: each backend's measured "
+                    "roofs on the device (harness calibrate): min(peak GMAC/s, intensity x streaming bandwidth), "
+                    "dotted with the cache-resident bandwidth; each point is labelled with its share of the roof "
+                    "at its intensity.")
     if workloads.empty:
         figure.note = "no valid measurement"
         return figure
@@ -249,6 +274,10 @@ def roofline_figure(workloads: pd.DataFrame, style: Style) -> Figure:
             ax.scatter([row["intensity"]], [row["gmacs_per_s"]], marker=marker, s=60 if kind != "network" else 110,
                        facecolors="none" if hollow else style.colour(label), edgecolors=style.colour(label)
                        if hollow else "black", linewidths=1.5 if hollow else 0.5, alpha=0.9)
+            if row.get("pct_of_attainable") == row.get("pct_of_attainable"):  # not NaN: a roof is known
+                ax.annotate(f"{row['pct_of_attainable']:.0%}", (row["intensity"], row["gmacs_per_s"]),
+                            textcoords="offset points", xytext=(5, 3), fontsize=6.5, color=style.colour(label))
+        _draw_roofs(ax, subset, style, ceilings)
         ax.set_xscale("log")
         ax.set_yscale("log")
         _log_axis(ax.xaxis, _plain)
@@ -421,7 +450,7 @@ def make_figures(tables: dict[str, pd.DataFrame], energy_note: str = "") -> list
     return [
         speedup_figure(tables["pairs"], style),
         latency_figure(tables["workloads"], style),
-        roofline_figure(tables["workloads"], style),
+        roofline_figure(tables["workloads"], style, tables.get("ceilings") or {}),
         network_latency_figure(valid, style),
         energy_memory_figure(tables["networks"], energy_note, style),
     ]

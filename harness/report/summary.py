@@ -129,6 +129,8 @@ def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[
         lines.append(f"On {who(row)}, {row['workload_id']} runs {row['measured_speedup']:.1f}x "
                      f"faster than its standard-conv twin (theory {row['theoretical_speedup']:.1f}x, "
                      f"{row['efficiency']:.0%} of it).")
+    lines += _theory_lines(tables.get("theories"), who)
+    lines += _roof_lines(tables["workloads"], who)
     networks = tables["networks"]
     if not networks.empty:
         keys = [k for k in [*run_key, "device", "threads", "workload_id"] if k in networks]
@@ -164,6 +166,41 @@ def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[
                      + ", ".join(f"{n} {s}" for s, n in counts.items()) + "); they are listed below.")
     if valid.empty:
         lines.append("No valid measurement: nothing to analyse.")
+    return lines
+
+
+def _theory_lines(theories: pd.DataFrame | None, who: Any) -> list[str]:
+    """Per device and backend: which theory predicts the measured speedups better, and by how much."""
+    if theories is None or theories.empty:
+        return []
+    lines = []
+    keys = [k for k in ("run_id", "device", "backend", "threads", "delegate") if k in theories]
+    for _, group in theories.groupby(keys, dropna=False):
+        first = group.iloc[0]
+        closer = int((group["closer"] == "roofline").sum())
+        lines.append(f"On {who(first)}, the roofline (measured ceilings: {first['peak_gmacs_per_s']:.1f} GMAC/s, "
+                     f"{first['stream_gb_per_s']:.1f} GB/s) predicts {closer} of {len(group)} measured speedups "
+                     f"better than the op ratio; median error: op ratio {group['op_ratio_error_pct'].median():.0f}%, "
+                     f"roofline {group['roofline_error_pct'].median():.0f}%.")
+    return lines
+
+
+def _roof_lines(workloads: pd.DataFrame, who: Any) -> list[str]:
+    """Per device and backend with measured roofs: which workloads are memory- and compute-bound, how close."""
+    if workloads.empty or "bound" not in workloads:
+        return []
+    placed = workloads[workloads["bound"].isin(["memory", "compute"])]
+    lines = []
+    keys = [k for k in ("run_id", "device", "backend", "threads", "delegate") if k in placed]
+    for _, group in placed.groupby(keys, dropna=False):
+        parts = []
+        for bound in ("memory", "compute"):
+            some = group[group["bound"] == bound].sort_values("pct_of_attainable")
+            if some.empty:
+                continue
+            names = ", ".join(f"{r['workload_id']} ({r['pct_of_attainable']:.0%})" for _, r in some.iterrows())
+            parts.append(f"{bound}-bound: {names}")
+        lines.append(f"On {who(group.iloc[0])}, share of the roof reached, {'; '.join(parts)}.")
     return lines
 
 

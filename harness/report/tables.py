@@ -146,6 +146,25 @@ def twin_table(twins: pd.DataFrame, named_delegates: Collection[str] = ()) -> Ta
     return table
 
 
+def theory_table(theories: pd.DataFrame, named_delegates: Collection[str] = ()) -> Table:
+    table = Table("theories", "Which theory predicts the measured speedup: op ratio or roofline",
+                  [where_column(named_delegates), "comparison", "measured", "op ratio", "op ratio off by",
+                   "roofline", "roofline off by", "closer", "memory-bound share"],
+                  note="op ratio = the MAC ratio (1/N + 1/Dk² for a pair); roofline = the ratio of the two "
+                       "workloads' roofline times, each layer max(MACs / peak, bytes / bandwidth) with this "
+                       "device and backend's measured ceilings (harness calibrate); off by = how far the "
+                       "prediction is from the measured speedup (a factor of 2 either way is 100%); memory-bound "
+                       "share = the share of the faster workload's roofline time in memory-bound layers.")
+    for _, row in theories.iterrows():
+        what = (f"{row['slow_id'].removeprefix('conv-standard-')} pair" if row["comparison"] == "pair"
+                else f"{row['fast_id']} vs twin")
+        table.rows.append([where_label(row, named_delegates), what, times(row["measured_speedup"]),
+                           times(row["op_ratio_speedup"]), f"{row['op_ratio_error_pct']:.0f}%",
+                           times(row["roofline_speedup"]), f"{row['roofline_error_pct']:.0f}%", row["closer"],
+                           percent(row["fast_memory_bound_share"])])
+    return table
+
+
 def efficiency_table(efficiency: pd.DataFrame, named_delegates: Collection[str] = ()) -> Table:
     table = Table("efficiency", "Share of the theoretical speedup reached, per device and backend",
                   [where_column(named_delegates), "pairs", "geometric mean", "lowest (N, Dx)", "highest (N, Dx)",
