@@ -335,8 +335,11 @@ def theory_comparison(frame: pd.DataFrame, ceilings: Mapping[Any, Any]) -> pd.Da
         for _, row in valid_rows.iterrows():
             by_key[(row.get("run_id"), row["device"], row["backend"], row["threads"], row.get("delegate") or "",
                     row["workload_id"])] = row
+    # pair_speedups names the run only when there are several; a single run's rows share its id.
+    single_run = valid_rows["run_id"].iloc[0] if not valid_rows.empty and "run_id" in valid_rows else None
     for _, pair in pairs.iterrows():
-        key = (pair.get("run_id"), pair["device"], pair["backend"], pair["threads"], pair.get("delegate") or "")
+        key = (pair.get("run_id", single_run), pair["device"], pair["backend"], pair["threads"],
+               pair.get("delegate") or "")
         row = by_key.get((*key, pair["pair_id"]))
         if row is not None:
             comparisons.append((row, "pair", pair["standard_id"], pair["pair_id"], pair["measured_speedup"],
