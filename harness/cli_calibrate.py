@@ -109,7 +109,7 @@ def register(main: click.Group) -> None:
         names = plan.parse_option(device_names, "--devices", "local,pi4") or (["local"] if "local" in known
                                                                              else list(known)[:1])
         selected = devices_mod.select(known, names)
-        console = Console()
+        console = Console(stderr=as_json)  # --json: stdout holds the JSON alone
         chosen, skipped = plan.available_backends(selected, backend_list)
         for message in skipped:
             console.print(message, style="yellow", markup=False, soft_wrap=True)

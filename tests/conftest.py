@@ -16,6 +16,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # machine fills it once.  CONVBENCH_TEST_CACHE isolates a test session when wanted.
     if "CONVBENCH_TEST_CACHE" in os.environ:
         os.environ["CONVBENCH_CACHE"] = os.environ["CONVBENCH_TEST_CACHE"]
+    # `harness run` calibrates first on a fresh results directory (seconds per device x backend
+    # x threads); the many tests that run it in a fresh tmp_path opt out, and the calibration
+    # tests (tests/test_calibration.py) turn it back on where they test it.
+    os.environ.setdefault("CONVBENCH_CALIBRATE", "off")
 
 
 @pytest.fixture
