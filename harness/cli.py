@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from harness.cli_calibrate import auto_calibration_disabled, calibrate_before_run
+from harness.cli_calibrate import auto_calibration_disabled, calibrate_before_run, uncovered_note
 from harness.cli_cluster import cluster_run_options, resolve_cluster
 from harness.errors import UserError
 
@@ -197,6 +197,10 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
                        results_dir, cluster_run=(cluster, tls_ca, tls_cert, tls_key),
                        calibrate=calibrate, recalibrate=recalibrate)
     _print_run_summary(outcome.path)
+    if calibrate:
+        note = uncovered_note(outcome.records, outcome.path.parent)
+        if note:
+            click.echo(note)
     _finish_run(outcome)
 
 

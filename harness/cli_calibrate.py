@@ -137,3 +137,21 @@ def register(main: click.Group) -> None:
                            f"(run: {outcome.run_path})")
         if outcome.failures:
             raise SystemExit(1)
+
+
+def uncovered_note(records: list[dict], results_dir: Path) -> str | None:
+    """A line naming the measured device x backend x threads whose fingerprint has no stored ceiling.
+
+    Before a run a remote device's fingerprint is taken from its last calibration; if the
+    device has changed since (another board under the name, an OS update), its records say so.
+    """
+    from harness.calibration import ceiling_for, load_ceilings
+
+    ceilings = load_ceilings(results_dir)
+    missing = sorted({f"{r['device']}/{r['backend']}/t{r['threads']}" for r in records
+                      if r.get("status") == "ok" and ceiling_for(r, ceilings) is None})
+    if not missing:
+        return None
+    devices = ",".join(sorted({m.split("/")[0] for m in missing}))
+    return (f"note: no calibration matches the fingerprint {', '.join(missing)} ran with (the device changed "
+            f"since it was calibrated?): `harness calibrate --devices {devices}` measures its ceilings")

@@ -239,7 +239,18 @@ def test_ssh_board_calibrates_through_its_runner(tmp_path, results_dir, monkeypa
                                                str(path), "--workloads", SMALL, "--backends", "onnxruntime",
                                                "--threads", "1", "--max-time", "0.2", "--min-time", "0.05"])
         assert run_result.exit_code == 0, run_result.output
+        assert "calibrating" not in run_result.output and "no calibration matches" not in run_result.output
+        # The board changed since (here: its calibration claims another fingerprint): the run says so.
+        stored = results_dir / "calibrations" / ceiling.fingerprint_id / "onnxruntime-t1.json"
+        data = json.loads(stored.read_text())
+        calibration.save_ceiling(results_dir, Ceiling.from_dict({**data, "fingerprint_id": "0123456789ab"}))
+        stored.unlink()
+        run_result = CliRunner().invoke(main, ["run", "--repeats", "1", "--devices", "board", "--devices-file",
+                                               str(path), "--workloads", SMALL, "--backends", "onnxruntime",
+                                               "--threads", "1", "--max-time", "0.2", "--min-time", "0.05"])
+        assert run_result.exit_code == 0, run_result.output
         assert "calibrating" not in run_result.output
+        assert "no calibration matches the fingerprint board/onnxruntime/t1" in run_result.output
     finally:
         server.stop()
 
