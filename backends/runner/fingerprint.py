@@ -6,8 +6,8 @@ import platform
 from .files import _read
 from .state import read_cpufreq
 
-RUNNER_VERSION = 5  # 3: reference probe in every invocation; 4: cool-down waits, with status lines;
-# 5: own CPU time from times(2) (qemu-user fakes /proc/self/stat)
+RUNNER_VERSION = 6  # 3: reference probe in every invocation; 4: cool-down waits, with status lines;
+# 5: own CPU time from times(2) (qemu-user fakes /proc/self/stat); 6: op_profile after each item
 
 
 def _cpu_model():

@@ -18,6 +18,11 @@ Memory: each item runs in a fresh process of this runner (``--item``), so an ite
 is its own model's (no earlier model still resident), and ``baseline_rss_bytes`` is that
 process's footprint once the runtime is imported and before the model is loaded
 (interpreter + numpy + runtime).
+
+Op profile: after an item is measured (and its memory and output taken), a runtime with a
+profiler of its own runs a short profiled loop and reports ``op_profile`` (time per op type
+and per layer type, see ``runtimes.summarise_ops``) and ``op_profile_total_s``; the plan's
+``op_profile`` (false, or {"runs": N, "seconds": S}) turns it off or sizes it.
 """
 
 import json
@@ -132,11 +137,31 @@ def measure_item(runtime, item, plan):
         }
         if item.get("output"):
             np.save(item["output"], np.ascontiguousarray(runtime.output()))
+        if plan.get("op_profile", True):
+            result.update(_op_profile(runtime, item["model"], input_array, call))
     except Exception as exc:
         result["error"] = "%s: %s" % (type(exc).__name__, exc)
         result["traceback"] = traceback.format_exc(limit=5)
     result["thermal_after"] = system_state(sysfs_root)
     return result
+
+
+def _op_profile(runtime, model_path, input_array, call):
+    """The runtime's own per-op profile, after timing, memory and output are taken; never raises.
+
+    ``op_profile_total_s`` (the profiled per-inference total) is a top-level number too, so
+    that a flat table of records has it.  A failing profiler costs the profile, not the item.
+    """
+    try:
+        profile = runtime.op_profile(model_path, input_array, call)
+    except Exception as exc:
+        return {"op_profile": {"source": None, "error": "%s: %s" % (type(exc).__name__, exc)}}
+    if profile is None:
+        return {}
+    fields = {"op_profile": profile}
+    if profile.get("total_s") is not None:
+        fields["op_profile_total_s"] = profile["total_s"]
+    return fields
 
 
 def _run_item_in_fresh_process(entry, item, plan):

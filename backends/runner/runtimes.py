@@ -1,6 +1,86 @@
-"""The runtimes the runner drives: each loads one model and returns a zero-argument call."""
+"""The runtimes the runner drives: each loads one model and returns a zero-argument call.
 
+Each runtime with a profiler of its own also reports where one inference's time goes, by
+op (``op_profile``): onnxruntime's session profiling and ``torch.profiler``.  That runs in a
+short loop of its own after the timed measurement (and after the memory and output are
+read), so profiling overhead never touches the timing.  ai_edge_litert's Python Interpreter
+has no per-op profiler; on a phone, benchmark_model's ``--enable_op_profiling`` is the one.
+"""
+
+import json
+import os
 import sys
+import tempfile
+import time
+
+# The layer types a network's time is split into (harness/workloads/layers.py names them too).
+LAYER_TYPES = ("standard", "depthwise", "pointwise", "fully connected", "other")
+# Ops that apply BatchNorm or an activation to what the op before them produced: their time
+# counts for that op's layer type, as it does when a runtime fuses them into the conv (and as
+# a layer workload, which has its BatchNorm and activation, measures it).
+EPILOGUE_OPS = frozenset([
+    "BatchNormalization", "Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "LeakyRelu",
+    "batch_norm", "_native_batch_norm_legit_no_training", "relu", "relu_", "relu6", "hardtanh", "hardtanh_",
+    "hardswish", "hardswish_", "hardsigmoid", "sigmoid", "clamp", "clamp_min",
+])
+DEFAULT_PROFILE = {"runs": 10, "seconds": 0.5}
+
+
+def conv_layer_type(input_shape, weight_shape):
+    """A conv's layer type from its NCHW input and [out, in/groups, kh, kw] weight shapes.
+
+    A conv on a 1x1 map is squeeze-and-excite's (MobileNet v3): "other", as the layer
+    decomposition counts it.
+    """
+    try:
+        channels, height, width = input_shape[1], input_shape[2], input_shape[3]
+        out, per_group, kh, kw = weight_shape[:4]
+    except (IndexError, TypeError, ValueError):
+        return "other"
+    if height == 1 and width == 1:
+        return "other"
+    if per_group == 1 and out == channels and channels > 1:
+        return "depthwise"
+    if per_group != channels:
+        return "other"  # a grouped conv that is not depthwise
+    return "pointwise" if kh == 1 and kw == 1 else "standard"
+
+
+def summarise_ops(ops, runs, source, **extra):
+    """An ``op_profile`` from (op name, layer type or None for an epilogue op, seconds) over ``runs``.
+
+    Times are per inference (summed over the profiled runs, divided by ``runs``); an epilogue
+    op's time counts for the layer type of the op before it.
+    """
+    by_type = {}
+    by_op = {}
+    current = "other"
+    for name, layer_type, seconds in ops:
+        if layer_type is None:
+            layer_type = current
+        else:
+            current = layer_type
+        by_type[layer_type] = by_type.get(layer_type, 0.0) + seconds / runs
+        by_op[name] = by_op.get(name, 0.0) + seconds / runs
+    total = sum(by_type.values())
+    doc = {"source": source, "runs": runs, "total_s": total,
+           "by_type": {t: by_type[t] for t in LAYER_TYPES if t in by_type},
+           "by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+           "covers": "a separate profiled loop after the timed one; per inference"}
+    doc.update(extra)
+    return doc
+
+
+def _first_two(shapes):
+    return (list(shapes) + [None, None])[:2]
+
+
+def _profile_budget(plan):
+    budget = dict(DEFAULT_PROFILE)
+    given = plan.get("op_profile")
+    if isinstance(given, dict):
+        budget.update(given)
+    return budget
 
 
 class Runtime:
@@ -16,6 +96,7 @@ class Runtime:
     def __init__(self, plan):
         self.threads = int(plan.get("threads", 1))
         self.device = plan.get("device", "cpu")
+        self.plan = plan
 
     def sync(self):
         """Wait until the device has finished all queued work (no-op for synchronous runtimes)."""
@@ -30,6 +111,10 @@ class Runtime:
         raise NotImplementedError
 
     def gpu_peak_bytes(self):
+        return None
+
+    def op_profile(self, model_path, input_array, call):
+        """Where one inference's time goes, by op (a dict, see ``summarise_ops``), or None."""
         return None
 
 
@@ -100,6 +185,36 @@ class TorchRuntime(Runtime):
             return int(self.torch.cuda.max_memory_allocated())
         return None
 
+    def op_profile(self, model_path, input_array, call):
+        """torch.profiler over a few more calls of the loaded module (CPU time of its top-level ops)."""
+        if self.device != "cpu":
+            return None
+        from torch.profiler import ProfilerActivity, profile
+
+        budget = _profile_budget(self.plan)
+        runs = 0
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            deadline = time.perf_counter() + float(budget["seconds"])
+            while runs < int(budget["runs"]) and (runs == 0 or time.perf_counter() < deadline):
+                call()
+                runs += 1
+        ops = []
+        for event in prof.events():
+            if event.cpu_parent is not None:
+                continue  # a callee: its time is inside its caller's
+            name = event.name.split("::")[-1]
+            shapes = event.input_shapes or []
+            if name in ("conv2d", "convolution", "_convolution", "mkldnn_convolution"):
+                layer_type = conv_layer_type(*_first_two(shapes))
+            elif name in ("linear", "addmm", "matmul", "mm"):
+                layer_type = "fully connected"
+            elif name in EPILOGUE_OPS:
+                layer_type = None
+            else:
+                layer_type = "other"
+            ops.append((name, layer_type, event.cpu_time_total / 1e6))
+        return summarise_ops(ops, runs, "torch.profiler")
+
 
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
@@ -122,18 +237,7 @@ class OnnxRuntime(Runtime):
         return self.ort.__version__
 
     def load(self, model_path, input_array):
-        ort = self.ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.optimization]
-        session = ort.InferenceSession(model_path, sess_options=options, providers=self.providers)
+        session = self.ort.InferenceSession(model_path, sess_options=self._options(), providers=self.providers)
         self.provider = session.get_providers()[0]
         if self.device == "cuda" and self.provider != "CUDAExecutionProvider":
             raise RuntimeError("onnxruntime fell back to %s instead of CUDA" % self.provider)
@@ -148,6 +252,77 @@ class OnnxRuntime(Runtime):
 
         self._read_output = lambda: self._out[0]
         return call
+
+    def _options(self):
+        ort = self.ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization]
+        return options
+
+    def op_profile(self, model_path, input_array, call):
+        """Session profiling in a second session built like the timed one (profiling is a session option).
+
+        Its first run is a warm-up and is left out; node kernel times of the others are summed.
+        """
+        if self.device != "cpu":
+            return None
+        budget = _profile_budget(self.plan)
+        options = self._options()
+        options.enable_profiling = True
+        folder = tempfile.mkdtemp(prefix="convbench-ort-profile-")
+        options.profile_file_prefix = os.path.join(folder, "profile")
+        session = self.ort.InferenceSession(model_path, sess_options=options, providers=self.providers)
+        feeds = {session.get_inputs()[0].name: input_array}
+        runs = 0
+        deadline = time.perf_counter() + float(budget["seconds"])
+        while runs < int(budget["runs"]) + 1 and (runs < 2 or time.perf_counter() < deadline):
+            session.run(None, feeds)
+            runs += 1
+        path = session.end_profiling()
+        try:
+            with open(path) as handle:
+                events = json.load(handle)
+        finally:
+            os.remove(path)
+            os.rmdir(folder)
+        return self._summarise_trace(events)
+
+    @staticmethod
+    def _summarise_trace(events):
+        windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                         if e.get("cat") == "Session" and e.get("name") == "model_run")[1:]
+        if not windows:
+            return None
+
+        def counted(ts):
+            return any(start <= ts <= end for start, end in windows)
+
+        ops = []
+        for event in sorted((e for e in events if e.get("cat") == "Node"), key=lambda e: e["ts"]):
+            if not event.get("name", "").endswith("_kernel_time") or not counted(event["ts"]):
+                continue
+            args = event.get("args") or {}
+            name = args.get("op_name", "?")
+            shapes = [next(iter(s.values())) for s in args.get("input_type_shape") or [] if s]
+            if name in ("Conv", "FusedConv", "NhwcFusedConv") or name.endswith("Conv"):
+                layer_type = conv_layer_type(*_first_two(shapes))
+            elif name in ("Gemm", "MatMul", "FusedGemm", "FusedMatMul"):
+                layer_type = "fully connected"
+            elif name in EPILOGUE_OPS:
+                layer_type = None
+            else:
+                layer_type = "other"  # pooling, reshapes, residual adds, layout reorders
+            ops.append((name, layer_type, event["dur"] / 1e6))
+        run_s = sum(end - start for start, end in windows) / len(windows) / 1e6
+        return summarise_ops(ops, len(windows), "onnxruntime profiling", run_s=run_s)
 
     def _bind_on_device(self, session, name, input_array):
         """Input and output bound to device buffers, so the timer covers compute, not copies.
@@ -213,6 +388,10 @@ class TfliteRuntime(Runtime):
 
     def output(self):
         return self._interpreter.get_tensor(self._out_index)
+
+    def op_profile(self, model_path, input_array, call):
+        return {"source": None, "reason": "the TFLite Python Interpreter has no per-op profiler "
+                "(benchmark_model --enable_op_profiling has one)"}
 
 
 def _import_tflite():
