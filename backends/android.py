@@ -66,7 +66,13 @@ from backends.base import (
     Transport,
     cooldown_status,
 )
-from backends.benchmark_model import BenchmarkModelResult, TimingStats, parse_benchmark_output, timing_event
+from backends.benchmark_model import (
+    BenchmarkModelResult,
+    TimingStats,
+    parse_benchmark_output,
+    parse_op_profile,
+    timing_event,
+)
 from backends.runner import file_sha256, wait_until_cool
 from harness.records import ErrorKind, error_record, raw_record
 from harness.registry import Fail, TransportInfo
@@ -879,6 +885,13 @@ class AndroidTransport(Transport):
                                         before.get("battery_status"))
         if extended:
             record["energy"]["timing"] = extended
+        if self.options.get("op_profiling"):
+            # the profiler runs inside the timed loop here: its overhead is in this record's latency
+            profile = parse_op_profile(text) or {"source": None,
+                                                 "reason": "benchmark_model printed no per-op profile"}
+            record["op_profile"] = profile
+            if profile.get("total_s") is not None:
+                record["op_profile_total_s"] = profile["total_s"]
         return record
 
     @staticmethod

@@ -576,3 +576,68 @@ def timing_event(line: str) -> str | None:
     if _parse_stat(message) is not None:
         return "stats"
     return None
+
+
+# -- op profiling (--enable_op_profiling) ---------------------------------------------------------
+_PROFILE_REGULAR = re.compile(r"^Operator-wise Profiling Info for Regular Benchmark Runs:?\s*$")
+_PROFILE_SECTION = re.compile(r"^=+\s*(?P<title>[^=]+?)\s*=+$")
+_PROFILE_ROW = re.compile(
+    rf"^(?P<type>[A-Za-z_][\w:.-]*)\s+(?P<first>{NUMBER})\s+(?P<avg_ms>{NUMBER})\s+(?P<pct>{NUMBER})%"
+    rf"\s+(?P<cdf>{NUMBER})%\s+(?P<mem_kb>{NUMBER})\s+(?P<called>\d+)\s+(?P<name>\S.*)?$"
+)
+# TFLite builtin ops -> the layer types of harness/workloads/layers.py.  CONV_2D is a 1x1
+# (pointwise) or a k x k (standard) conv; the table does not say which.  Activations are fused
+# into the convs by the converter, so a separate activation op is rare and counts as other.
+_NODE_LAYER_TYPES = {
+    "DEPTHWISE_CONV_2D": "depthwise",
+    "CONV_2D": "standard or pointwise",
+    "FULLY_CONNECTED": "fully connected",
+}
+
+
+def parse_op_profile(text: str) -> dict[str, Any] | None:
+    """benchmark_model's per-op profile of the measured runs (its "Run Order" table), or None.
+
+    Returns {"source", "total_s" (the per-inference sum of the ops' average times), "by_type",
+    "by_op" (seconds per node type), "nodes"}.  A delegate that runs the whole graph is one node
+    (``TfLiteXNNPackDelegate``, ``TfLiteGpuDelegateV2`` ...): its time is "delegated", with no
+    split by layer.  Rows of the initialization profile and of the other tables are ignored.
+    """
+    in_regular = in_run_order = False
+    by_op: dict[str, float] = {}
+    by_type: dict[str, float] = {}
+    nodes = 0
+    for line in text.splitlines():
+        _level, message = strip_prefix(line)
+        message = message.strip()
+        if _PROFILE_REGULAR.match(message):
+            in_regular, in_run_order = True, False
+            continue
+        section = _PROFILE_SECTION.match(message)
+        if section:
+            in_run_order = in_regular and section.group("title") == "Run Order"
+            continue
+        if message.startswith("Profiling Info for Benchmark Initialization"):
+            in_regular = in_run_order = False
+            continue
+        if not in_run_order:
+            continue
+        row = _PROFILE_ROW.match(message)
+        if row is None:
+            if message and not message.startswith("["):
+                in_run_order = False  # the table ended
+            continue
+        node_type = row.group("type")
+        seconds = _num(row.group("avg_ms")) / 1e3
+        if "Delegate" in node_type or node_type == "DELEGATE":
+            layer_type = "delegated"
+        else:
+            layer_type = _NODE_LAYER_TYPES.get(node_type, "other")
+        by_op[node_type] = by_op.get(node_type, 0.0) + seconds
+        by_type[layer_type] = by_type.get(layer_type, 0.0) + seconds
+        nodes += 1
+    if not nodes:
+        return None
+    return {"source": "benchmark_model --enable_op_profiling", "total_s": sum(by_op.values()), "by_type": by_type,
+            "by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1])), "nodes": nodes,
+            "covers": "the measured runs themselves (benchmark_model profiles while it times); per inference"}

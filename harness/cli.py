@@ -100,15 +100,22 @@ def workloads(ctx: click.Context, suite_name: str, as_json: bool) -> None:
 @workloads.command("show")
 @click.argument("workload_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def workloads_show(workload_id: str, as_json: bool) -> None:
-    """Per-layer cost table of one workload, with totals."""
+@click.option("--run", "run_ref", default=None,
+              help="Also show each distinct layer as measured in this run (harness run --suite layers-of:NETWORK).")
+@click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None,
+              help="Results directory (default: $CONVBENCH_RESULTS or ./results).")
+def workloads_show(workload_id: str, as_json: bool, run_ref: str | None, results_dir: Path | None) -> None:
+    """Per-layer cost table of one workload, with totals (and with --run, its layers' measured times)."""
     from harness import workloads as registry
+    from harness.cli_analysis import layer_measurements, print_layer_measurements
     from harness.cost import network_cost
 
     cost = network_cost(registry.get(workload_id))
+    measured = layer_measurements(workload_id, run_ref, results_dir) if run_ref else None
     if as_json:
         click.echo(json.dumps({"workload_id": workload_id, "layers": [layer.row() for layer in cost.layers],
-                               "totals": cost.totals()}, indent=2))
+                               "totals": cost.totals(), **({"measured": measured} if measured else {})},
+                              indent=2, default=str))
         return
     rows = [[layer.name, layer.op, "x".join(map(str, layer.in_shape)), "x".join(map(str, layer.out_shape)),
              _human(layer.macs), _human(layer.params), _human(layer.bytes_fp32, "B"), f"{layer.intensity:.1f}"]
@@ -119,6 +126,8 @@ def workloads_show(workload_id: str, as_json: bool) -> None:
                  "bytes", "MAC/B"], rows,
                  footer=f"total: {cost.macs:,} MACs, {cost.params:,} parameters, "
                         f"{cost.bytes_fp32:,} bytes fp32, {cost.bytes_int8:,} bytes int8")
+    if measured:
+        print_layer_measurements(workload_id, measured)
 
 
 def timing_options(command: Any) -> Any:

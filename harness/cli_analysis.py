@@ -285,3 +285,92 @@ def _print_compare(result: Any) -> None:
     for warning in result.warnings():
         click.echo(f"warning: {warning}")
     click.echo(f"{cmp.headline(result)}; exit code {result.exit_code}")
+
+
+def _ms(seconds: float) -> str:
+    import math
+
+    return "" if seconds is None or math.isnan(seconds) else f"{seconds * 1e3:.3f}"
+
+
+def _pct(share: float) -> str:
+    import math
+
+    return "" if share is None or math.isnan(share) else f"{100 * share:.1f}%"
+
+
+def _number(value: float, digits: int = 2) -> str:
+    import math
+
+    return "" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def layer_measurements(workload_id: str, run_ref: str, results_dir: Path | None) -> dict[str, Any]:
+    """``harness workloads show NETWORK --run RUN``: the network's layers as measured in that run.
+
+    Returns {"run": run id, "layers": layer_table rows, "types": layer_breakdown rows,
+    "fusion": fusion_gap rows} (JSON-ready); UserError when the run measured none of its layers.
+    """
+    import math
+
+    from harness import layers
+    from harness.calibration import load_ceilings
+    from harness.store import load_frame, resolve_run
+
+    root = _results(results_dir)
+    path = resolve_run(run_ref, root)
+    frame = load_frame([path])
+    ceilings = load_ceilings(root)
+    table = layers.layer_table(frame, workload_id, ceilings)
+    if table.empty:
+        raise UserError(f"run {path.name} measured no layer of {workload_id} on its own; measure them with "
+                        f"`harness run --suite layers-of:{workload_id}`")
+    breakdown = layers.layer_breakdown(frame, ceilings)
+    breakdown = breakdown[breakdown["network"] == workload_id]
+    fusion = layers.fusion_gap(frame)
+    fusion = fusion[fusion["network"] == workload_id]
+
+    def records(df: Any) -> list[dict[str, Any]]:
+        return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                for row in df.to_dict("records")]
+
+    return {"run": path.name, "layers": records(table), "types": records(breakdown), "fusion": records(fusion)}
+
+
+def print_layer_measurements(workload_id: str, measured: dict[str, Any]) -> None:
+    """One table per device x backend x threads x delegate: each distinct layer's measured time."""
+    import pandas as pd
+
+    table, types, fusion = (pd.DataFrame(measured[k]) for k in ("layers", "types", "fusion"))
+    group = ["device", "backend", "threads", "delegate"]
+    for keys, part in table.groupby(group, dropna=False, sort=False):
+        where = "/".join(str(k) for k in keys[:2]) + f" t{keys[2]}" + (f" {keys[3]}" if keys[3] else "")
+        rows = [[row["layer"], row["layer_type"], str(row["count"]), _pct(row["mac_share"]), _ms(row["median_s"]),
+                 _ms(row["total_s"]), _pct(row["time_share"]), _number(row["gmacs_per_s"]),
+                 _pct(row["pct_of_attainable"])]
+                for _, row in part.iterrows()]
+        mine = types
+        for key, value in zip(group, keys, strict=True):
+            mine = mine[mine[key].fillna("") == (value if value is not None else "")]
+        for _, row in mine.iterrows():
+            rows.append([f"all {row['layer_type']}", "", str(row["count"]), _pct(row["mac_share"]), "",
+                         _ms(row["total_s"]), _pct(row["time_share"]), _number(row["gmacs_per_s"]),
+                         _pct(row["pct_of_attainable"])])
+        footer = None
+        gap = fusion
+        for key, value in zip(group, keys, strict=True):
+            gap = gap[gap[key].fillna("") == (value if value is not None else "")]
+        if not gap.empty:
+            g = gap.iloc[0]
+            footer = (f"sum of layers x count {_ms(g['layers_sum_s'])} ms vs network median "
+                      f"{_ms(g['network_median_s']) or 'not measured'} ms: "
+                      f"layers/network {_number(g['layers_over_network'])}"
+                      + (f"; {g['layers_missing']} layer(s) without a valid measurement" if g["layers_missing"] else "")
+                      + (f"; not measured alone: {g['other_ops']}" if g["other_ops"] else "")
+                      + (f"; runtime profiler total {_ms(g['profile_total_s'])} ms, "
+                         f"profile/network {_number(g['profile_over_network'])}"
+                         if g["profile_total_s"] is not None and not pd.isna(g["profile_total_s"]) else ""))
+        _print_table(f"{workload_id} layers measured on {where} (run {measured['run']}; time share of the "
+                     "summed layers)",
+                     ["layer", "type", "x", "MACs", "median ms", "x count ms", "time", "GMAC/s", "of roof"],
+                     rows, footer)
