@@ -18,7 +18,7 @@ from harness.errors import UserError
 
 CSV_FILES = {"pairs": "pairs.csv", "efficiency": "efficiency.csv", "workloads": "workloads.csv",
              "networks": "networks.csv", "v1_vs_twin": "v1_vs_twin.csv", "theories": "theories.csv",
-             "excluded": "excluded.csv"}
+             "layer_types": "layer_types.csv", "fusion": "fusion.csv", "excluded": "excluded.csv"}
 
 
 @dataclass
@@ -37,11 +37,13 @@ def analyse(frame: Any, bootstrap: int = 1000, ceilings: dict[Any, Any] | None =
 
     ``ceilings`` (``harness.calibration.load_ceilings``) add the roofline theory and the measured roofs.
     """
-    from harness import analysis
+    from harness import analysis, layers
 
     pairs = analysis.pair_speedups(frame, bootstrap=bootstrap)
     return {
         "ceilings": ceilings or {},
+        "layer_types": layers.layer_breakdown(frame, ceilings or {}),
+        "fusion": layers.fusion_gap(frame),
         "theories": analysis.theory_comparison(frame, ceilings or {}),
         "delegate_backends": analysis.delegate_backends(frame),
         "valid": analysis.valid(frame),
@@ -97,6 +99,8 @@ def build_report(run_paths: list[Path], out_dir: Path, title: str | None = None,
         tables.pairs_table(analysed["pairs"], delegates),
         tables.twin_table(analysed["v1_vs_twin"], delegates),
         tables.theory_table(analysed["theories"], delegates),
+        tables.layer_type_table(analysed["layer_types"], delegates),
+        tables.fusion_table(analysed["fusion"], delegates),
         tables.networks_table(analysed["network_comparison"], delegates),
         tables.workloads_table(analysed["workloads"], delegates),
         tables.excluded_table(analysed["excluded"]),
@@ -110,6 +114,7 @@ def build_report(run_paths: list[Path], out_dir: Path, title: str | None = None,
     csv_frames = {"pairs": analysed["pairs"], "efficiency": analysed["efficiency"],
                   "workloads": analysed["workloads"], "networks": analysed["network_comparison"],
                   "v1_vs_twin": analysed["v1_vs_twin"], "theories": analysed["theories"],
+                  "layer_types": analysed["layer_types"], "fusion": analysed["fusion"],
                   "excluded": analysed["excluded"]}
     for name, table in csv_frames.items():
         path = out_dir / CSV_FILES[name]

@@ -165,6 +165,39 @@ def theory_table(theories: pd.DataFrame, named_delegates: Collection[str] = ()) 
     return table
 
 
+def layer_type_table(breakdown: pd.DataFrame, named_delegates: Collection[str] = ()) -> Table:
+    table = Table("layer_types", "Where each network's time goes: share of MACs vs share of measured time",
+                  [where_column(named_delegates), "network", "layer type", "layers (distinct)", "share of MACs",
+                   "share of time", "GMAC/s", "of the roof"],
+                  note="Each distinct layer of the network measured alone (harness run --suite layers-of:NETWORK), "
+                       "its median times the number of times the network runs it; the shares of a network sum to "
+                       "1 over the measured layers. 'other' (squeeze-and-excite, pooling, residual adds) is not "
+                       "measured alone: see the next table.")
+    for _, row in breakdown.iterrows():
+        table.rows.append([where_label(row, named_delegates), row["network"], row["layer_type"],
+                           f"{row['count']} ({row['layers']})", percent(row["mac_share"]), percent(row["time_share"]),
+                           "" if _num(row["gmacs_per_s"]) is None else f"{row['gmacs_per_s']:.1f}",
+                           percent(row["pct_of_attainable"])])
+    return table
+
+
+def fusion_table(fusion: pd.DataFrame, named_delegates: Collection[str] = ()) -> Table:
+    table = Table("fusion", "The network against the sum of its layers (fusion, and what no layer measures)",
+                  [where_column(named_delegates), "network", "network ms", "sum of layers ms", "layers / network",
+                   "profiler / network", "layers missing", "not measured alone"],
+                  note="layers / network above 1: the whole network runs faster than its layers one by one "
+                       "(BatchNorm and activations fused, one call instead of one per layer, caches warm); below "
+                       "1: time in ops no layer workload measures. profiler / network: the runtime's own profiler "
+                       "(onnxruntime session profiling, torch.profiler, benchmark_model --enable_op_profiling) as "
+                       "a cross-check.")
+    for _, row in fusion.iterrows():
+        table.rows.append([where_label(row, named_delegates), row["network"], ms(row["network_median_s"]),
+                           ms(row["layers_sum_s"]), times(row["layers_over_network"]),
+                           times(row["profile_over_network"]), str(row["layers_missing"]),
+                           str(row["other_ops"])[:80]])
+    return table
+
+
 def efficiency_table(efficiency: pd.DataFrame, named_delegates: Collection[str] = ()) -> Table:
     table = Table("efficiency", "Share of the theoretical speedup reached, per device and backend",
                   [where_column(named_delegates), "pairs", "geometric mean", "lowest (N, Dx)", "highest (N, Dx)",
