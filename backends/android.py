@@ -111,6 +111,10 @@ _VERSION = re.compile(
 
 # -- pure helpers (no device) ---------------------------------------------------------------
 
+# The phone's reference probe (see AndroidTransport._reference_probe): 7 MMACs of 3x3 conv over
+# 100 KiB of activations, a millisecond or so on a phone core.
+PROBE_WORKLOAD = "conv-standard-M32-N32-k3-x28-s1"
+
 # Properties that say a "phone" is not one: the Android Emulator sets ro.boot.qemu (ro.kernel.qemu
 # before Android 12) and runs on ranchu/goldfish hardware; convbench's loopback phone says so itself.
 EMULATION_PROPS = ("ro.convbench.emulated", "ro.boot.qemu", "ro.kernel.qemu")
@@ -735,7 +739,8 @@ class AndroidTransport(Transport):
         self._prepare()
         for job in jobs:
             try:
-                record = self._run_job(job, artifacts[job.workload_id], policy, on_status)
+                record = self._run_job(job, artifacts[job.workload_id], policy, on_status,
+                                       artifacts.get(PROBE_WORKLOAD))
             except DeviceError as exc:
                 reason = self._gone_reason(exc)
                 on_result(self._error(job, f"{self.serial} went away during this job: {reason}", ErrorKind.DEVICE))
@@ -764,7 +769,7 @@ class AndroidTransport(Transport):
         return remote
 
     def _run_job(self, job: Job, artifact: Artifact, policy: TimingPolicy,
-                 on_status: StatusCallback | None = None) -> dict[str, Any]:
+                 on_status: StatusCallback | None = None, probe_artifact: Artifact | None = None) -> dict[str, Any]:
         if self._binary is None:
             return self._error(job, self._binary_error or f"benchmark_model not found: {BENCHMARK_HELP}",
                                ErrorKind.RUNTIME)
@@ -777,6 +782,12 @@ class AndroidTransport(Transport):
                 warnings.append(cooled.pop("warning"))
                 cooled["cooldown_timed_out"] = bool(cooled.get("cooldown_timed_out"))
             extra.update(cooled)
+        if probe_artifact is not None and policy.reference_probe_seconds > 0:
+            probe, problem = self._reference_probe(probe_artifact, policy.reference_probe_seconds)
+            if probe is not None:
+                extra["reference_probe"] = probe
+            else:
+                warnings.append(f"no reference probe: {problem}")
         before = self._snapshot_raw(battery=self._energy_unavailable is None)
         extra["thermal_before"] = self._state(before)
 
@@ -894,6 +905,32 @@ class AndroidTransport(Transport):
                 record["op_profile_total_s"] = profile["total_s"]
         return record
 
+    def _reference_probe(self, artifact: Artifact, seconds: float) -> tuple[dict[str, Any] | None, str]:
+        """The phone's speed now: a fixed small model timed by the same benchmark_model, one thread.
+
+        It plays the runner's reference probe on a phone: ``compare`` divides each invocation
+        by it, so a phone (or a loopback phone's host) slower tonight is not read as a
+        regression.  Its identity names the model and the binary's sha256: a new binary's
+        probes are not compared with the old one's.
+        """
+        assert self._binary is not None
+        remote_model = self._push_model(artifact)
+        probe_job = Job("reference-probe", PROBE_WORKLOAD, self.name, "tflite", 1)
+        timing = TimingPolicy(warmup_runs=2, warmup_seconds=0.05, min_runs=5, min_seconds=seconds,
+                              max_seconds=seconds + 0.1)
+        command = quote_args(benchmark_argv(self._binary, remote_model, probe_job, timing, {}, self.cpu_mask))
+        try:
+            code, out, err = self._shell(command, timeout=benchmark_timeout(timing))
+        except AdbTimeout as exc:
+            return None, f"benchmark_model timed out on the probe model: {exc}"
+        result = parse_benchmark_output(out + err)
+        if code != 0 or result.inference is None or not result.inference.count:
+            return None, f"benchmark_model exited with {code} on the probe model: {_tail(out + err, 3)}"
+        median = latency_from(result.inference).get("median")
+        kernel = f"benchmark_model {PROBE_WORKLOAD} (fp32, 1 thread) (v1)"
+        return {"kernel": kernel, "identity": f"{kernel} | benchmark_model sha256 {(self._binary_sha256 or '?')[:16]}",
+                "median_s": median, "rounds": result.inference.count}, ""
+
     @staticmethod
     def _memory(result: BenchmarkModelResult) -> dict[str, Any]:
         peak = int(result.peak_memory_mb * MIB) if result.peak_memory_mb is not None else None
@@ -1001,6 +1038,7 @@ TRANSPORT = TransportInfo(
         "op_profiling": "also run benchmark_model's per-op profiler (default false)",
     },
     open=lambda device: AndroidTransport.from_device(device),
+    probe_workload=PROBE_WORKLOAD,
     default_backends=("tflite",),
     allowed_backends=("tflite",),
     allowed_backends_why="run benchmark_model, which runs tflite only",

@@ -101,6 +101,9 @@ class TransportInfo:
     allowed_backends_why: str = ""  # e.g. "run benchmark_model, which runs tflite only"
     delegates: tuple[str, ...] = ()  # delegates a job may request (empty: none)
     default_delegates: tuple[str, ...] = ()
+    # A workload the transport times on the device beside every job as its reference probe (the
+    # runner has its own numpy probe; a phone's benchmark_model can only time a model).
+    probe_workload: str | None = None
     # The runner runs in this host's Python: its jobs must never overlap other such jobs (the
     # timing of one would include the load of another), and its backends' modules must be here.
     runs_on_host: bool = False

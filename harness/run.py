@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,13 +121,19 @@ class _StopSignals:
         return signal.Signals(self.received).name if self.received else "SIGINT"
 
 
-def export_artifacts(jobs: list[Job], report: Any) -> tuple[dict[str, dict[str, Artifact]], dict[tuple, str]]:
-    """Artifacts per backend; export failures per (workload, format)."""
+def export_artifacts(jobs: list[Job], report: Any, probes: Iterable[tuple[str, str]] = ()
+                     ) -> tuple[dict[str, dict[str, Artifact]], dict[tuple, str]]:
+    """Artifacts per backend; export failures per (workload, format).
+
+    ``probes``: (workload, backend) of the transports' reference probes, exported beside the jobs'.
+    """
     from harness.artifacts import ExportError, get_artifact
 
     needed: dict[tuple[str, str], None] = {}
     for job in jobs:
         needed[(job.workload_id, BACKENDS[job.backend].format)] = None
+    for workload_id, backend in probes:
+        needed[(workload_id, BACKENDS[backend].format)] = None
     by_format: dict[str, dict[str, Artifact]] = {}
     failures: dict[tuple, str] = {}
     for index, (workload_id, fmt) in enumerate(needed, start=1):
@@ -145,6 +151,18 @@ def export_artifacts(jobs: list[Job], report: Any) -> tuple[dict[str, dict[str, 
                    f"in {time.monotonic() - started:.1f}s", True)
     artifacts = {backend: by_format.get(BACKENDS[backend].format, {}) for backend in {j.backend for j in jobs}}
     return artifacts, failures
+
+
+def probe_workloads(devices: Iterable[Any], jobs: list[Job]) -> list[tuple[str, str]]:
+    """(workload, backend) of every reference probe a device with jobs times on itself."""
+    from harness import registry
+
+    used = {(job.device, job.backend) for job in jobs}
+    probes = []
+    for device in devices:
+        workload = registry.transport(device.transport).probe_workload
+        probes += [(workload, backend) for name, backend in sorted(used) if workload and name == device.name]
+    return probes
 
 
 # ---------------------------------------------------------------- events (drawn by the CLI)
@@ -229,7 +247,8 @@ def execute(request: RunRequest, on_event: Callable[[Event], None] = lambda even
     try:
         with signals:
             try:
-                artifacts, failures = export_artifacts(jobs, lambda message, ok: on_event(ExportProgress(message, ok)))
+                artifacts, failures = export_artifacts(jobs, lambda message, ok: on_event(ExportProgress(message, ok)),
+                                                       probe_workloads(devices, jobs))
                 artifact_of = {(j.job_id): artifacts[j.backend].get(j.workload_id) for j in jobs}
                 for job in jobs:
                     failure = failures.get((job.workload_id, BACKENDS[job.backend].format))

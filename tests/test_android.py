@@ -295,8 +295,10 @@ def test_harness_run_measures_on_the_phone(adb_device: ConnectedDevice, adb_serv
         assert energy["status"] == "ok" and energy["window_s"] >= 1.0 and energy["joules"] > 0, energy
         assert energy["sensor"] == "battery(power_supply)" and "unplug" in energy["note"]
         assert energy["timing"] == record["benchmark"]["timing_extended_for_energy"]
+        assert record["reference_probe"]["median_s"] > 0  # the phone's speed beside the job
     models = list((adb_device.root / "data/local/tmp/convbench/models").iterdir())
-    assert len(models) == 2 and all(m.suffix == ".tflite" for m in models)
+    # The two workloads and the reference probe's model.
+    assert len(models) == 3 and all(m.suffix == ".tflite" for m in models)
 
 
 @rig
