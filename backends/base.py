@@ -65,6 +65,10 @@ class TimingPolicy:
     # (``selftest --gate`` and tests inject slowdowns with it; never set for a real measurement).
     slowdown_fraction: float = 0.0
     reference_probe_seconds: float = 0.2  # the machine's reference kernel, timed in every invocation; 0: off
+    # After timing, run the runtime's own per-op profiler for a short loop (harness/layers.py's
+    # cross-check); off unless asked for (`run --profile-ops`, or a layers-of: suite): it costs a
+    # second session and a few inferences per invocation.
+    op_profile: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -149,6 +149,10 @@ def timing_options(command: Any) -> Any:
                      help="Stop an invocation once the 95% CI of its median is this narrow (relative)."),
         click.option("--energy-idle", type=float, default=0.0, show_default=True,
                      help="Seconds of idle power measured before each job (subtracted from its energy)."),
+        click.option("--profile-ops", is_flag=True,
+                     help="After timing, also run the runtime's own per-op profiler (onnxruntime, torch) for a "
+                          "short loop: the cross-check of a network's layers (on by default for a layers-of: "
+                          "suite)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -175,7 +179,7 @@ def timing_options(command: Any) -> Any:
 def run_command(suite: str | None, workload_ids: str | None, backends: str | None, threads: str | None,
                 device_names: str | None, devices_file: Path | None, repeats: int, max_time: float,
                 min_time: float, min_runs: int, warmup_runs: int, target_ci: float, energy_idle: float,
-                results_dir: Path | None, cluster: str | None,
+                profile_ops: bool, results_dir: Path | None, cluster: str | None,
                 tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
                 recalibrate: bool = False, no_calibrate: bool = False) -> None:
     """Benchmark workloads on devices; results go to results/<run-id>/.
@@ -187,7 +191,8 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
     from harness import plan
 
     min_time = _min_time_for(min_time, max_time)
-    policy_args = (min_time, max_time, min_runs, warmup_runs, target_ci, energy_idle)
+    profile_ops = profile_ops or bool(suite and suite.startswith("layers-of:"))
+    policy_args = (min_time, max_time, min_runs, warmup_runs, target_ci, energy_idle, profile_ops)
     notes: list[str] = []
     workload_list = plan.resolve_workloads(suite, workload_ids, notes)
     backend_list = plan.parse_option(backends, "--backends", "onnxruntime,tflite")
@@ -289,7 +294,7 @@ def _finish_run(outcome: Any) -> None:
 def ab_command(candidate_a: str, candidate_b: str, suite: str | None, workload_ids: str | None,
                backends: str | None, threads: str | None, devices_file: Path | None, repeats: int, max_time: float,
                min_time: float, min_runs: int, warmup_runs: int, target_ci: float, energy_idle: float,
-               threshold: float | None, alpha: float | None, normalize: str, as_json: bool,
+               profile_ops: bool, threshold: float | None, alpha: float | None, normalize: str, as_json: bool,
                results_dir: Path | None) -> None:
     """Measure A and B in one run, invocation by invocation in randomized rounds, and judge B against A.
 
@@ -317,7 +322,8 @@ def ab_command(candidate_a: str, candidate_b: str, suite: str | None, workload_i
                           alpha=cmp.DEFAULT_ALPHA if alpha is None else alpha, normalize=normalize)
     click.echo(f"A = {candidate_a}, B = {candidate_b}: measured in one run, interleaved in {repeats} rounds")
     outcome = _measure([a, b], workload_list, suite, backend_list, plan.parse_threads(threads), repeats,
-                       (min_time, max_time, min_runs, warmup_runs, target_ci, energy_idle), notes, results_dir)
+                       (min_time, max_time, min_runs, warmup_runs, target_ci, energy_idle, profile_ops), notes,
+                       results_dir)
     if outcome.status != "complete":
         _finish_run(outcome)
     _, records = read_run(outcome.path)

@@ -39,11 +39,11 @@ class RunRequest:
 
 
 def timing_policy(min_time: float, max_time: float, min_runs: int, warmup_runs: int, target_ci: float,
-                  energy_idle: float) -> TimingPolicy:
+                  energy_idle: float, op_profile: bool = False) -> TimingPolicy:
     """The policy from the CLI's options (warm-up also lasts at least 0.2 s unless it is off)."""
     return TimingPolicy(min_seconds=min_time, max_seconds=max_time, min_runs=min_runs, target_ci_rel_width=target_ci,
                         warmup_runs=warmup_runs, warmup_seconds=0.2 if warmup_runs else 0.0,
-                        energy_idle_seconds=energy_idle)
+                        energy_idle_seconds=energy_idle, op_profile=op_profile)
 
 
 def parse_list(text: str | None) -> list[str] | None:

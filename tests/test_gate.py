@@ -84,6 +84,7 @@ def test_repeats_measure_every_job_in_fresh_invocations_with_one_block_size(tmp_
         assert [r["block_size_source"] for r in mine][1:] == ["fixed by the plan"] * 2
         probes = [r["reference_probe"] for r in mine]
         assert all(p["median_s"] > 0 and p["identity"].startswith("numpy sgemm") for p in probes)
+        assert not any("op_profile" in r for r in mine)  # the per-op profiler runs only when asked for
     # analysis sees one row per job, summarising its three invocations
     from harness.store import load_frame
 

@@ -21,8 +21,8 @@ process's footprint once the runtime is imported and before the model is loaded
 
 Op profile: after an item is measured (and its memory and output taken), a runtime with a
 profiler of its own runs a short profiled loop and reports ``op_profile`` (time per op type
-and per layer type, see ``runtimes.summarise_ops``) and ``op_profile_total_s``; the plan's
-``op_profile`` (false, or {"runs": N, "seconds": S}) turns it off or sizes it.
+and per layer type, see ``runtimes.summarise_ops``) and ``op_profile_total_s`` when the policy's
+``op_profile`` asks for it.
 """
 
 import json
@@ -137,7 +137,7 @@ def measure_item(runtime, item, plan):
         }
         if item.get("output"):
             np.save(item["output"], np.ascontiguousarray(runtime.output()))
-        if plan.get("op_profile", True):
+        if policy.get("op_profile", False):
             result.update(_op_profile(runtime, item["model"], input_array, call))
     except Exception as exc:
         result["error"] = "%s: %s" % (type(exc).__name__, exc)
