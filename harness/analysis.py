@@ -362,11 +362,21 @@ def theory_comparison(frame: pd.DataFrame, ceilings: Mapping[Any, Any]) -> pd.Da
             "slow_id": slow_id, "fast_id": fast_id, "measured_speedup": measured, "op_ratio_speedup": op_ratio,
             "roofline_speedup": predicted, "op_ratio_error_pct": roofline.error_percent(op_error),
             "roofline_error_pct": roofline.error_percent(roof_error),
-            "closer": "roofline" if roof_error < op_error else "op ratio",
+            "closer": _closer(op_error, roof_error),
             "fast_memory_bound_share": roofline.memory_bound_share(fast_id, ceiling, ceiling.llc_bytes),
             "peak_gmacs_per_s": ceiling.peak_macs_per_s / 1e9, "stream_gb_per_s": ceiling.stream_bytes_per_s / 1e9,
         })
     return pd.DataFrame(out)
+
+
+THEORY_TIE = 0.005  # predictions within half a percent of each other are the same prediction
+
+
+def _closer(op_error: float, roofline_error: float) -> str:
+    """Which theory is nearer the measurement; "tie" when both predict the same (every layer compute-bound)."""
+    if abs(op_error - roofline_error) < THEORY_TIE:
+        return "tie"
+    return "roofline" if roofline_error < op_error else "op ratio"
 
 
 def roofline_positions(workloads: pd.DataFrame, ceilings: Mapping[Any, Any]) -> pd.DataFrame:

@@ -104,7 +104,8 @@ def test_theory_comparison_scores_both_theories_against_each_measured_speedup(tm
         assert row["roofline_speedup"] == pytest.approx(expected)
         op_off = abs(math.log(row["op_ratio_speedup"] / row["measured_speedup"]))
         roof_off = abs(math.log(row["roofline_speedup"] / row["measured_speedup"]))
-        assert row["closer"] == ("roofline" if roof_off < op_off else "op ratio")
+        assert row["closer"] == ("tie" if abs(roof_off - op_off) < 0.005 else
+                                 "roofline" if roof_off < op_off else "op ratio")
         assert row["op_ratio_error_pct"] == pytest.approx((math.exp(op_off) - 1) * 100)
     assert analysis.theory_comparison(frame, {}).empty  # no calibration: no roofline claims
 

@@ -178,9 +178,13 @@ def _theory_lines(theories: pd.DataFrame | None, who: Any) -> list[str]:
     for _, group in theories.groupby(keys, dropna=False):
         first = group.iloc[0]
         closer = int((group["closer"] == "roofline").sum())
+        ties = int((group["closer"] == "tie").sum())
+        same = (f" and the same as it for {ties} (every layer compute-bound: the roofline is then the op ratio)"
+                if ties else "")
         lines.append(f"On {who(first)}, the roofline (measured ceilings: {first['peak_gmacs_per_s']:.1f} GMAC/s, "
                      f"{first['stream_gb_per_s']:.1f} GB/s) predicts {closer} of {len(group)} measured speedups "
-                     f"better than the op ratio; median error: op ratio {group['op_ratio_error_pct'].median():.0f}%, "
+                     f"better than the op ratio{same}; median error: op ratio "
+                     f"{group['op_ratio_error_pct'].median():.0f}%, "
                      f"roofline {group['roofline_error_pct'].median():.0f}%.")
     return lines
 
