@@ -217,6 +217,25 @@ def test_workloads_show_with_a_run(layers_run):
     assert missing.exit_code == 2 and "layers-of:mobilenet_v2-1.0-224" in missing.output
 
 
+@pytest.mark.slow
+def test_report_shows_where_the_network_time_goes(layers_run, tmp_path):
+    from harness.report import build_report
+
+    report = build_report([layers_run], tmp_path / "report", bootstrap=0)
+    markdown = report.markdown.read_text()
+    assert "Where each network's time goes: share of MACs vs share of measured time" in markdown
+    assert "The network against the sum of its layers" in markdown
+    import pandas as pd
+
+    types = pd.read_csv(tmp_path / "report" / "layer_types.csv")
+    assert set(types["backend"]) == {"onnxruntime", "tflite", "torch"} and set(types["network"]) == {V1}
+    for _, group in types.groupby("backend"):
+        assert group["time_share"].sum() == pytest.approx(1.0)
+        assert group.set_index("layer_type")["mac_share"]["pointwise"] == pytest.approx(0.949, abs=0.001)
+    fusion = pd.read_csv(tmp_path / "report" / "fusion.csv")
+    assert len(fusion) == 3 and (fusion["layers_missing"] == 0).all()
+
+
 # -- Android: layers through benchmark_model, its op profile as the cross-check ----------------------------
 
 PROFILE_TEXT = """INFO: Profiling Info for Benchmark Initialization:

@@ -40,10 +40,11 @@ def analyse(frame: Any, bootstrap: int = 1000, ceilings: dict[Any, Any] | None =
     from harness import analysis, layers
 
     pairs = analysis.pair_speedups(frame, bootstrap=bootstrap)
+    fusion, layer_types = _complete_networks(layers.fusion_gap(frame), layers.layer_breakdown(frame, ceilings or {}))
     return {
         "ceilings": ceilings or {},
-        "layer_types": layers.layer_breakdown(frame, ceilings or {}),
-        "fusion": layers.fusion_gap(frame),
+        "layer_types": layer_types,
+        "fusion": fusion,
         "theories": analysis.theory_comparison(frame, ceilings or {}),
         "delegate_backends": analysis.delegate_backends(frame),
         "valid": analysis.valid(frame),
@@ -55,6 +56,20 @@ def analyse(frame: Any, bootstrap: int = 1000, ceilings: dict[Any, Any] | None =
         "v1_vs_twin": analysis.v1_vs_twin(frame),
         "excluded": analysis.excluded(frame),
     }
+
+
+def _complete_networks(fusion: Any, layer_types: Any) -> tuple[Any, Any]:
+    """Only networks whose every measurable layer was measured: a run that happens to contain some of
+    a network's layers (the quick suite holds a few of the v1 twin's convs) says nothing about its time."""
+    if fusion.empty:
+        return fusion, layer_types
+    complete = fusion[fusion["layers_missing"] == 0].reset_index(drop=True)
+    if layer_types.empty:
+        return complete, layer_types
+    keys = [k for k in ("device", "backend", "threads", "delegate", "network") if k in complete and k in layer_types]
+    wanted = {tuple(row[k] for k in keys) for _, row in complete.iterrows()}
+    mask = layer_types.apply(lambda row: tuple(row[k] for k in keys) in wanted, axis=1)
+    return complete, layer_types[mask].reset_index(drop=True)
 
 
 def _ceilings_beside(run_paths: list[Path]) -> dict[Any, Any]:
