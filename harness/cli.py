@@ -187,7 +187,6 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
     Before measuring, each device x backend x threads without stored ceilings for its
     fingerprint gets a quick calibration (`harness calibrate`): a few seconds, once.
     """
-    from harness import devices as devices_mod
     from harness import plan
 
     min_time = _min_time_for(min_time, max_time)
@@ -195,13 +194,7 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
     policy_args = (min_time, max_time, min_runs, warmup_runs, target_ci, energy_idle, profile_ops)
     notes: list[str] = []
     workload_list = plan.resolve_workloads(suite, workload_ids, notes)
-    backend_list = plan.parse_option(backends, "--backends", "onnxruntime,tflite")
-    plan.validate_backends(backend_list)
-    thread_list = plan.parse_threads(threads)
-    known = _load_devices_or_local(devices_file)
-    names = plan.parse_option(device_names, "--devices", "local,pi4") or (["local"] if "local" in known
-                                                                         else list(known)[:1])
-    selected = devices_mod.select(known, names)
+    selected, backend_list, thread_list = select_devices(devices_file, device_names, backends, threads)
 
     if recalibrate and no_calibrate:
         raise UserError("--recalibrate and --no-calibrate contradict each other; give one")
@@ -216,6 +209,21 @@ def run_command(suite: str | None, workload_ids: str | None, backends: str | Non
         if note:
             click.echo(note)
     _finish_run(outcome)
+
+
+def select_devices(devices_file: Path | None, device_names: str | None, backends: str | None,
+                   threads: str | None) -> tuple[list, list[str] | None, list[int] | None]:
+    """(devices, backends, threads) from the options `run` and `calibrate` share, each validated."""
+    from harness import devices as devices_mod
+    from harness import plan
+
+    backend_list = plan.parse_option(backends, "--backends", "onnxruntime,tflite")
+    plan.validate_backends(backend_list)
+    thread_list = plan.parse_threads(threads)
+    known = _load_devices_or_local(devices_file)
+    names = plan.parse_option(device_names, "--devices", "local,pi4") or (["local"] if "local" in known
+                                                                         else list(known)[:1])
+    return devices_mod.select(known, names), backend_list, thread_list
 
 
 def _measure(selected: list, workload_list: list[str], suite: str | None, backend_list: list[str] | None,

@@ -94,21 +94,14 @@ def register(main: click.Group) -> None:
         from rich.console import Console
 
         from harness import calibration, plan
-        from harness import devices as devices_mod
-        from harness.cli import _load_devices_or_local, _writable_results_dir
+        from harness.cli import _writable_results_dir, select_devices
         from harness.cli_progress import RunProgress
         from harness.errors import UserError
         from harness.store import default_results_dir
 
         if max_time <= 0:
             raise UserError(f"--max-time must be > 0 seconds, got {max_time:g}")
-        backend_list = plan.parse_option(backends, "--backends", "onnxruntime,tflite")
-        plan.validate_backends(backend_list)
-        thread_list = plan.parse_threads(threads)
-        known = _load_devices_or_local(devices_file)
-        names = plan.parse_option(device_names, "--devices", "local,pi4") or (["local"] if "local" in known
-                                                                             else list(known)[:1])
-        selected = devices_mod.select(known, names)
+        selected, backend_list, thread_list = select_devices(devices_file, device_names, backends, threads)
         console = Console(stderr=as_json)  # --json: stdout holds the JSON alone
         chosen, skipped = plan.available_backends(selected, backend_list)
         for message in skipped:
