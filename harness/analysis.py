@@ -397,8 +397,7 @@ def roofline_positions(workloads: pd.DataFrame, ceilings: Mapping[Any, Any]) -> 
             attainable.append(math.nan)
             bound.append("")
             continue
-        resident = bool(ceiling.llc_bytes and row.get("bytes_fp32") and row["bytes_fp32"] <= ceiling.llc_bytes)
-        roof = ceiling.attainable_macs_per_s(float(row["intensity"]), resident)
+        roof = ceiling.attainable_for(float(row["intensity"]), row.get("bytes_fp32"))
         attainable.append(roof / 1e9)
         bound.append("compute" if roof >= ceiling.peak_macs_per_s else "memory")
     out["attainable_gmacs_per_s"] = attainable

@@ -80,6 +80,14 @@ class Ceiling:
         """The roofline: min(peak, intensity x bandwidth); ``resident``: the working set fits in cache."""
         return min(self.peak_macs_per_s, intensity * self.bandwidth(resident))
 
+    def fits_in_cache(self, bytes_: float | None) -> bool:
+        """A working set of ``bytes_`` stays in the last-level cache (unknown cache size: it does not)."""
+        return bool(self.llc_bytes and bytes_ and bytes_ <= self.llc_bytes)
+
+    def attainable_for(self, intensity: float, bytes_: float | None) -> float:
+        """The roofline at ``intensity`` for a workload moving ``bytes_`` (cache bandwidth when it fits)."""
+        return self.attainable_macs_per_s(intensity, self.fits_in_cache(bytes_))
+
     def roofline_seconds(self, macs: float, bytes_: float, resident: bool = False) -> float:
         """The roofline time of a kernel: max(MACs / peak, bytes / bandwidth)."""
         return max(macs / self.peak_macs_per_s, bytes_ / self.bandwidth(resident))

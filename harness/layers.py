@@ -82,8 +82,7 @@ def _attainable(row: Mapping[str, Any], ceilings: Mapping[Any, Any] | None) -> f
     intensity = row.get("intensity")
     if ceiling is None or not intensity or (isinstance(intensity, float) and math.isnan(intensity)):
         return math.nan
-    resident = bool(ceiling.llc_bytes and row.get("bytes_fp32") and row["bytes_fp32"] <= ceiling.llc_bytes)
-    return ceiling.attainable_macs_per_s(float(intensity), resident) / 1e9
+    return ceiling.attainable_for(float(intensity), row.get("bytes_fp32")) / 1e9
 
 
 def _tables(frame: pd.DataFrame, ceilings: Mapping[Any, Any] | None = None) -> pd.DataFrame:

@@ -22,17 +22,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from harness.errors import UserError
+from harness.lab.sshd import free_port
 from harness.registry import THIS_HOST
 
 DEFAULT_DIR = Path("lab")
@@ -74,9 +75,9 @@ class LabState:
     ready: bool = False
 
     def save(self, directory: Path) -> None:
-        tmp = directory / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(directory / STATE_FILE)
+        from harness.store import write_json_atomic
+
+        write_json_atomic(directory / STATE_FILE, asdict(self))
 
     @classmethod
     def load(cls, directory: Path) -> LabState | None:
@@ -103,12 +104,6 @@ def pid_alive(pid: int) -> bool:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return fields[0] != "Z"
     return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def missing_requirements(board: bool = True, phone: bool = True) -> list[str]:
@@ -348,12 +343,9 @@ class Lab:
             with contextlib.suppress(Exception):
                 self.board.stop()
             self.board = None
-        for name in (DEVICES_FILE, STATE_FILE):
-            path = self.directory / name
-            mine = name != STATE_FILE or (LabState.load(self.directory) or self.state).pid == os.getpid()
-            if mine:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        # The state file is left alone when another lab has taken the directory over since.
+        mine = (LabState.load(self.directory) or self.state).pid == os.getpid()
+        _remove(self.directory, DEVICES_FILE, *([STATE_FILE] if mine else []))
 
     def __enter__(self) -> Lab:
         return self
@@ -404,12 +396,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Inside the block SIGINT, SIGTERM and SIGHUP raise ``Stopped``, so cleanup code runs for each."""
-
-    def handler(signum: int, _frame: object) -> None:
-        raise Stopped(signal.Signals(signum).name)
-
+def _stop_signals_handled(handler: Any) -> Iterator[None]:
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
@@ -418,15 +405,18 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
+def stop_on_signals() -> contextlib.AbstractContextManager[None]:
+    """Inside the block SIGINT, SIGTERM and SIGHUP raise ``Stopped``, so cleanup code runs for each."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    return _stop_signals_handled(handler)
+
+
+def signals_ignored() -> contextlib.AbstractContextManager[None]:
     """While the lab stops, a second Ctrl-C must not cut the cleanup short and leak a process."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    return _stop_signals_handled(signal.SIG_IGN)
 
 
 def serve(lab: Lab, poll_s: float = 1.0) -> str:
@@ -437,16 +427,19 @@ def serve(lab: Lab, poll_s: float = 1.0) -> str:
             return f"the board's sshd exited (its log: {lab.board.log_path})"
 
 
+def _remove(directory: Path, *names: str) -> None:
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+
+
 def stop_running(directory: Path, timeout: float = 60.0, say: Say = print) -> bool:
     """SIGTERM the lab running from ``directory`` and wait for it to stop; False when none was running."""
     state = LabState.load(directory.resolve())
     if state is None:
         return False
     if not state.alive:
-        with contextlib.suppress(FileNotFoundError):
-            (directory / STATE_FILE).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (directory / DEVICES_FILE).unlink()
+        _remove(directory, STATE_FILE, DEVICES_FILE)
         say(f"the lab of pid {state.pid} is not running any more (removed its stale state)")
         return False
     os.kill(state.pid, signal.SIGTERM)

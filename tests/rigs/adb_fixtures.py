@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import pytest
 import harness.lab as lab
 from backends.adb import AdbClient
 from harness.lab.adb_device import LoopbackAdbDevice, sandbox_available
+from harness.lab.sshd import free_port
 
 STANDIN = Path(lab.__file__).with_name("benchmark_model_standin.py")
 
@@ -81,12 +81,6 @@ def adb_processes() -> Iterator[list[list[str]]]:
         yield seen
     finally:
         _WATCHED.remove(seen)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
