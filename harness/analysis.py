@@ -210,7 +210,8 @@ def workload_summary(frame: pd.DataFrame) -> pd.DataFrame:
                            "latency_cv", "latency_n", "gmacs_per_s", "memory_peak_rss_bytes",
                            "memory_rss_increase_bytes", "energy_j", "energy_sensor", "output_check_status",
                            "output_check_max_abs_diff", "device_emulated", "runtime_version", "energy_status",
-                           "memory_gpu_peak_bytes", "bytes_fp32", "device_fingerprint_id", "requested_delegate"]
+                           "memory_gpu_peak_bytes", "bytes_fp32", "bytes", "precision", "device_fingerprint_id",
+                           "requested_delegate"]
                if c in out]
     return out[columns].reset_index(drop=True)
 
@@ -388,6 +389,7 @@ def roofline_positions(workloads: pd.DataFrame, ceilings: Mapping[Any, Any]) -> 
     a ceiling keep NaN.
     """
     from harness.calibration import ceiling_for
+    from harness.layers import moved_bytes
 
     out = workloads.copy()
     attainable, bound = [], []
@@ -397,7 +399,7 @@ def roofline_positions(workloads: pd.DataFrame, ceilings: Mapping[Any, Any]) -> 
             attainable.append(math.nan)
             bound.append("")
             continue
-        roof = ceiling.attainable_for(float(row["intensity"]), row.get("bytes_fp32"))
+        roof = ceiling.attainable_for(float(row["intensity"]), moved_bytes(row))
         attainable.append(roof / 1e9)
         bound.append("compute" if roof >= ceiling.peak_macs_per_s else "memory")
     out["attainable_gmacs_per_s"] = attainable

@@ -1,9 +1,10 @@
-"""Export each workload once (torch .pt2, ONNX, TFLite NHWC) with its reference data.
+"""Export each workload once (torch .pt2, ONNX, TFLite NHWC, ExecuTorch .pte) with its reference data.
 
 Artifacts are cached under ``$CONVBENCH_CACHE`` (default ``~/.cache/convbench``), keyed by
 the workload id, a hash of the workload definitions (which fix the weights) and the
 exporters' versions, so a second run never re-exports.  Every backend then runs the
-identical network with the same weights; the reference output is PyTorch's.
+identical network with the same weights; the reference output is PyTorch's (fp32, for an
+``-int8`` workload too: the output check then allows the quantization error).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from backends.base import Artifact
 from backends.runner import file_sha256
+from harness.exporters.onnx import ONNX_OPSET
 from harness.registry import FORMATS
 
-ONNX_OPSET = 18
+# Inputs the int8 exporters calibrate on: drawn like the reference input, with other seeds.
+CALIBRATION_SAMPLES = 32
 
 
 class ExportError(RuntimeError):
@@ -92,51 +94,27 @@ def _quiet(log_path: Path) -> Iterator[None]:
                 os.close(fd)
 
 
-def export_torch(module: Any, example: Any, reference: Any, path: Path) -> tuple[Any, Any, str]:
-    import torch
-
-    torch.export.save(torch.export.export(module, (example,)), str(path))
-    return example, reference, "NCHW"
-
-
-def export_onnx(module: Any, example: Any, reference: Any, path: Path) -> tuple[Any, Any, str]:
-    import torch
-
-    torch.onnx.export(module, (example,), str(path), opset_version=ONNX_OPSET, dynamo=True,
-                      external_data=False, input_names=["input"], output_names=["output"])
-    return example, reference, "NCHW"
-
-
-def export_tflite(module: Any, example: Any, reference: Any, path: Path) -> tuple[Any, Any, str]:
-    """NHWC input (and output for feature maps), so no transposes are timed on the device."""
-    import litert_torch
-
-    nhwc = litert_torch.to_channel_last_io(module, args=[0], outputs=[0] if reference.dim() == 4 else [])
-    example = example.permute(0, 2, 3, 1).contiguous()
-    if reference.dim() == 4:
-        reference = reference.permute(0, 2, 3, 1).contiguous()
-    litert_torch.convert(nhwc.eval(), (example,)).export(str(path))
-    return example, reference, "NHWC"
-
-
 def _export(workload_id: str, fmt: str, folder: Path) -> None:
     import numpy as np
     import torch
 
     from harness import workloads as registry
-    from harness.workloads.build import build
+    from harness.workloads.build import build, calibration_inputs
 
-    built = build(registry.get(workload_id))
+    network = registry.get(workload_id)
+    built = build(network)
     module, example = built.module, built.example_input
     with torch.inference_mode():
         reference = module(example)
     path = folder / FORMATS[fmt].filename
-    example, reference, layout = FORMATS[fmt].export_function()(module, example, reference, path)
-    np.save(folder / "input.npy", example.numpy())
-    np.save(folder / "reference_output.npy", reference.numpy())
+    calibration = calibration_inputs(network, CALIBRATION_SAMPLES) if network.precision != "fp32" else None
+    exported = FORMATS[fmt].export_function()(module, example, reference, path, network.precision, calibration)
+    np.save(folder / "input.npy", exported.example.numpy())
+    np.save(folder / "reference_output.npy", exported.reference.numpy())
     (folder / "meta.json").write_text(json.dumps({
-        "workload_id": workload_id, "format": fmt, "layout": layout, "sha256": file_sha256(path),
-        "exported_at": time.time(), "definition_hash": definition_hash(),
+        **exported.meta, "workload_id": workload_id, "format": fmt, "layout": exported.layout,
+        "precision": network.precision, "sha256": file_sha256(path), "exported_at": time.time(),
+        "definition_hash": definition_hash(),
     }, indent=2))
 
 

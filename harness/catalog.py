@@ -25,12 +25,15 @@ def workload_row(workload_id: str) -> dict[str, Any]:
         "params": cost.params,
         "bytes_fp32": cost.bytes_fp32,
         "bytes_int8": cost.bytes_int8,
-        "intensity": cost.intensity,
+        "precision": network.precision,
+        # What this workload moves at its own precision, and its MACs per such byte.
+        "bytes": cost.bytes_for(network.precision),
+        "intensity": cost.intensity_for(network.precision),
     }
     pair = registry.pair_of(workload_id)
     if pair is not None:
         standard, separable = (network_cost(registry.get(i)).macs for i in pair)
-        spec = registry.ConvSpec.from_id(workload_id)
+        spec = registry.ConvSpec.from_id(network.fp32_id)
         row.update(
             pair_id=pair[1],  # pairs are named after their separable member
             standard_id=pair[0],

@@ -248,6 +248,8 @@ def _measure(selected: list, workload_list: list[str], suite: str | None, backen
     chosen, skipped = plan.available_backends(selected, backend_list)
     for message in skipped:
         console.print(message, style="yellow", markup=False, soft_wrap=True)
+    for message in plan.precision_notes(chosen, workload_list):
+        console.print(f"note: {message}", markup=False, soft_wrap=True)
     repeats = plan.parse_repeats(repeats)
     jobs = plan.make_jobs(selected, plan.Selection(workload_list, chosen, thread_list, repeats))
     if not jobs:

@@ -7,7 +7,8 @@ Conventions (the same as the MobileNet papers):
 * Parameters count every learnable tensor: weights, biases, BatchNorm scale and shift.
 * Bytes moved per layer are its weights plus one read of its input and one write of
   its output, i.e. no fusion and no cache reuse across layers; at fp32 (4 bytes per
-  value) and int8 (1 byte).  Arithmetic intensity is MACs per fp32 byte.
+  value) and int8 (1 byte).  Arithmetic intensity is MACs per byte at the workload's
+  precision (``intensity_for``); ``intensity`` alone is per fp32 byte.
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ class NetworkCost:
     @property
     def bytes_int8(self) -> int:
         return sum(layer.bytes_int8 for layer in self.layers)
+
+    def bytes_for(self, precision: str) -> int:
+        return self.bytes_int8 if precision == "int8" else self.bytes_fp32
+
+    def intensity_for(self, precision: str) -> float:
+        moved = self.bytes_for(precision)
+        return self.macs / moved if moved else 0.0
 
     @property
     def intensity(self) -> float:

@@ -50,7 +50,7 @@ def _medians(frame: pd.DataFrame) -> pd.DataFrame:
             ok[key] = ""
     ok["delegate"] = ok["delegate"].fillna("")
     agg: dict[str, Any] = {"latency_median": "median"}
-    for column in ("macs", "bytes_fp32", "intensity", "device_fingerprint_id", "requested_delegate"):
+    for column in ("macs", "bytes", "bytes_fp32", "intensity", "device_fingerprint_id", "requested_delegate"):
         if column in ok:
             agg[column] = "first"
     if "op_profile_total_s" in ok:
@@ -82,7 +82,15 @@ def _attainable(row: Mapping[str, Any], ceilings: Mapping[Any, Any] | None) -> f
     intensity = row.get("intensity")
     if ceiling is None or not intensity or (isinstance(intensity, float) and math.isnan(intensity)):
         return math.nan
-    return ceiling.attainable_for(float(intensity), row.get("bytes_fp32")) / 1e9
+    return ceiling.attainable_for(float(intensity), moved_bytes(row)) / 1e9
+
+
+def moved_bytes(row: Mapping[str, Any]) -> Any:
+    """Bytes the workload moves at its precision (records before int8 have only ``bytes_fp32``)."""
+    value = row.get("bytes")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return row.get("bytes_fp32")
+    return value
 
 
 def _tables(frame: pd.DataFrame, ceilings: Mapping[Any, Any] | None = None) -> pd.DataFrame:

@@ -112,7 +112,7 @@ def make_jobs(devices: list[Device], selection: Selection) -> list[Job]:
         for backend in backends:
             for thread_count in threads:
                 for delegate in delegates:
-                    for workload_id in selection.workload_ids:
+                    for workload_id in runnable_workloads(backend, selection.workload_ids):
                         tag = f"{backend}-{delegate}" if delegate else backend
                         job_id = f"{device.name}/{tag}/t{thread_count}/{workload_id}"
                         for repeat in range(selection.repeats):
@@ -120,6 +120,24 @@ def make_jobs(devices: list[Device], selection: Selection) -> list[Job]:
                                             workload_id, device.name, backend, thread_count, delegate,
                                             repeat=repeat, repeats=selection.repeats))
     return jobs
+
+
+def runnable_workloads(backend: str, workload_ids: list[str]) -> list[str]:
+    """The workloads whose precision the backend runs (torch runs no -int8 id, for one)."""
+    precisions = BACKENDS[backend].precisions
+    return [w for w in workload_ids if registry.split_precision(w)[1] in precisions]
+
+
+def precision_notes(backends: list[str], workload_ids: list[str]) -> list[str]:
+    """One line per backend that leaves some of the workloads out for their precision."""
+    notes = []
+    for backend in backends:
+        left_out = len(workload_ids) - len(runnable_workloads(backend, workload_ids))
+        if left_out:
+            others = [b for b, info in BACKENDS.items() if "int8" in info.precisions and not b.endswith("-cuda")]
+            notes.append(f"{backend} skips {left_out} int8 workload(s): it runs "
+                         f"{', '.join(BACKENDS[backend].precisions)} only (int8 runs on {', '.join(others)})")
+    return notes
 
 
 def parse_repeats(repeats: int) -> int:

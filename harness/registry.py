@@ -25,9 +25,9 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ArtifactFormat:
-    name: str  # "torch" (.pt2), "onnx", "tflite"
+    name: str  # "torch" (.pt2), "onnx", "tflite", "pte" (ExecuTorch)
     filename: str
-    exporter: str  # "module:function" writing (module, example input, reference output) to a path
+    exporter: str  # "module:function" (see harness/exporters): writes one workload to a path
     export_modules: tuple[str, ...]  # needed on the host to export it
     exporter_dists: tuple[str, ...]  # distributions whose versions key the artifact cache
 
@@ -44,6 +44,8 @@ class Backend:
     device: str  # "cpu" or "cuda": where the runtime computes
     run_modules: tuple[str, ...]  # needed wherever the runner runs it (this host, for local devices)
     extra: str  # the pyproject extra that installs them ("core": always installed)
+    precisions: tuple[str, ...] = ("fp32",)  # workload precisions it runs ("int8": the -int8 ids)
+    label: str = ""  # how reports describe it, when its name alone could mislead
 
     def install_hint(self) -> str:
         return "pip install convbench" if self.extra == "core" else f"pip install 'convbench[{self.extra}]'"
@@ -55,19 +57,30 @@ class Backend:
 
 
 FORMATS: dict[str, ArtifactFormat] = {f.name: f for f in (
-    ArtifactFormat("torch", "model.pt2", "harness.artifacts:export_torch", ("torch",), ("torch",)),
-    ArtifactFormat("onnx", "model.onnx", "harness.artifacts:export_onnx", ("onnx", "onnxscript"),
-                   ("torch", "onnx", "onnxscript")),
-    ArtifactFormat("tflite", "model.tflite", "harness.artifacts:export_tflite", ("litert_torch",),
-                   ("torch", "litert-torch")),
+    ArtifactFormat("torch", "model.pt2", "harness.exporters.torch_program:export", ("torch",), ("torch",)),
+    ArtifactFormat("onnx", "model.onnx", "harness.exporters.onnx:export", ("onnx", "onnxscript"),
+                   ("torch", "onnx", "onnxscript", "onnxruntime")),
+    ArtifactFormat("tflite", "model.tflite", "harness.exporters.tflite:export", ("litert_torch",),
+                   ("torch", "litert-torch", "ai-edge-quantizer")),
+    ArtifactFormat("pte", "model.pte", "harness.exporters.executorch:export", ("executorch",),
+                   ("torch", "executorch", "torchao")),
 )}
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("torch", "torch", "torch", "cpu", ("torch",), "core"),
-    Backend("torch-cuda", "torch", "torch", "cuda", ("torch",), "core"),
-    Backend("onnxruntime", "onnx", "onnxruntime", "cpu", ("onnxruntime",), "onnx"),
-    Backend("onnxruntime-cuda", "onnx", "onnxruntime", "cuda", ("onnxruntime",), "onnx"),
-    Backend("tflite", "tflite", "tflite", "cpu", ("ai_edge_litert",), "tflite"),
+    Backend("torch", "torch", "torch", "cpu", ("torch",), "core", label="PyTorch eager"),
+    Backend("torch-cuda", "torch", "torch", "cuda", ("torch",), "core", label="PyTorch eager, CUDA"),
+    Backend("torch-compile", "torch", "torch-compile", "cpu", ("torch",), "core",
+            label="torch.compile (inductor)"),
+    Backend("torch-compile-cuda", "torch", "torch-compile", "cuda", ("torch",), "core",
+            label="torch.compile (inductor), CUDA"),
+    Backend("onnxruntime", "onnx", "onnxruntime", "cpu", ("onnxruntime",), "onnx", ("fp32", "int8")),
+    Backend("onnxruntime-cuda", "onnx", "onnxruntime", "cuda", ("onnxruntime",), "onnx", ("fp32", "int8")),
+    Backend("tflite", "tflite", "tflite", "cpu", ("ai_edge_litert",), "tflite", ("fp32", "int8"),
+            label="LiteRT Interpreter"),
+    Backend("litert", "tflite", "litert", "cpu", ("ai_edge_litert",), "tflite", ("fp32", "int8"),
+            label="LiteRT CompiledModel"),
+    Backend("executorch", "pte", "executorch", "cpu", ("executorch",), "executorch", ("fp32", "int8"),
+            label="ExecuTorch (XNNPACK)"),
 )}
 
 

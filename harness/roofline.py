@@ -55,12 +55,14 @@ def layer_bounds(workload_id: str, ceilings: Ceilings, cache_bytes: int | None =
     """Every layer of a workload with its roofline time; ``cache_bytes``: the last-level cache size, if known."""
     from harness import workloads
 
+    network = workloads.get(workload_id)
     bounds = []
-    for layer in network_cost(workloads.get(workload_id)).layers:
-        resident = bool(cache_bytes and ceilings.cache_bytes_per_s and layer.bytes_fp32 <= cache_bytes)
+    for layer in network_cost(network).layers:
+        moved = layer.bytes_int8 if network.precision == "int8" else layer.bytes_fp32
+        resident = bool(cache_bytes and ceilings.cache_bytes_per_s and moved <= cache_bytes)
         bandwidth = ceilings.cache_bytes_per_s if resident else ceilings.stream_bytes_per_s
-        bounds.append(LayerBound(layer.name, layer.op, layer.macs, layer.bytes_fp32,
-                                 layer.macs / ceilings.peak_macs_per_s, layer.bytes_fp32 / bandwidth, resident))
+        bounds.append(LayerBound(layer.name, layer.op, layer.macs, moved,
+                                 layer.macs / ceilings.peak_macs_per_s, moved / bandwidth, resident))
     return bounds
 
 

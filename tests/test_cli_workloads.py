@@ -48,7 +48,7 @@ def test_unknown_suite_is_one_line_exit_2():
     result = subprocess.run([sys.executable, "-m", "harness.cli", "workloads", "--suite", "nightly"],
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "quick, layers, mobilenets, paper" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "quick, int8, layers, mobilenets, paper" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -63,7 +63,7 @@ def test_pair_ratio_is_mobilenet_formula(suite):
         if pair is None:
             continue
         standard, separable = (network_cost(registry.get(i)).macs for i in pair)
-        spec = ConvSpec.from_id(workload_id)
+        spec = ConvSpec.from_id(registry.split_precision(workload_id)[0])
         assert separable / standard == pytest.approx(theoretical_ratio(spec.n, spec.k), rel=1e-12)
 
 

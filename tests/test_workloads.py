@@ -30,7 +30,7 @@ def test_every_standard_layer_has_its_separable_twin():
             pair = registry.pair_of(workload_id)
             if pair:
                 assert set(pair) <= ids, workload_id
-                a, b = (ConvSpec.from_id(i) for i in pair)
+                a, b = (ConvSpec.from_id(registry.split_precision(i)[0]) for i in pair)
                 assert (a.m, a.n, a.k, a.x, a.stride) == (b.m, b.n, b.k, b.x, b.stride)
 
 
@@ -55,7 +55,7 @@ def test_bad_ids_are_user_errors(bad):
 
 
 def test_unknown_suite_lists_valid_names():
-    with pytest.raises(UserError, match="quick, layers, mobilenets, paper"):
+    with pytest.raises(UserError, match="quick, int8, layers, mobilenets, paper"):
         registry.suite("nightly")
 
 

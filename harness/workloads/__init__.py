@@ -4,17 +4,20 @@ Any well-formed id works, not only those in a suite:
 ``conv-<kind>-M<m>-N<n>-k<k>-x<x>-s<s>[-b<batch>][-valid][-nobn]`` or a network id such
 as ``mobilenet_v1-0.75-192``, ``mobilenet_v1_conv-1.0-224``, ``mobilenet_v2-1.4-224``,
 ``mobilenet_v3_small-224``; ``fc-I<in>-O<out>`` (a classifier layer, see ``layers.py``).
+Any id ending in ``-int8`` is that workload statically quantized to int8 (same weights, same
+input; each exporter quantizes it, see ``harness/exporters``).
 Suite ``layers-of:NETWORK[,NETWORK]`` is each network followed by its distinct layers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from types import ModuleType
 
 from harness.errors import UserError
 from harness.workloads.conv import ConvSpec, WorkloadIdError, theoretical_ratio
-from harness.workloads.ir import Network
+from harness.workloads.ir import INT8_SUFFIX, Network
 from harness.workloads.mobilenet import (
     V1_ALPHAS,
     V1_RESOLUTIONS,
@@ -35,9 +38,11 @@ __all__ = [
     "canonical",
     "get",
     "pair_of",
+    "split_precision",
     "suite",
     "suite_names",
     "theoretical_ratio",
+    "with_precision",
 ]
 
 
@@ -62,8 +67,27 @@ def _family(workload_id: str) -> ModuleType | None:
     return None
 
 
+def split_precision(workload_id: str) -> tuple[str, str]:
+    """(the fp32 id, "fp32" or "int8") of a workload id."""
+    if workload_id.endswith(INT8_SUFFIX):
+        return workload_id.removesuffix(INT8_SUFFIX), "int8"
+    return workload_id, "fp32"
+
+
+def with_precision(workload_id: str, precision: str) -> str:
+    base, _ = split_precision(workload_id)
+    return base + INT8_SUFFIX if precision == "int8" else base
+
+
 def get(workload_id: str) -> Network:
     """The network for a workload id; raises WorkloadIdError with a helpful message."""
+    base, precision = split_precision(workload_id)
+    if precision != "fp32":
+        return dataclasses.replace(_get_fp32(base), workload_id=workload_id, precision=precision)
+    return _get_fp32(workload_id)
+
+
+def _get_fp32(workload_id: str) -> Network:
     if workload_id.startswith("conv-"):
         return ConvSpec.from_id(workload_id).network()
     if workload_id.startswith("mobilenet"):
@@ -85,6 +109,9 @@ def canonical(workload_id: str) -> str:
     Raises WorkloadIdError for an id that is not a workload.
     """
     workload_id = workload_id.strip()
+    base, precision = split_precision(workload_id)
+    if precision != "fp32":
+        return with_precision(canonical(base), precision)
     network = get(workload_id)
     if workload_id.startswith("conv-"):
         return ConvSpec.from_id(workload_id).workload_id
@@ -95,14 +122,15 @@ def canonical(workload_id: str) -> str:
 
 
 def pair_of(workload_id: str) -> tuple[str, str] | None:
-    """(standard id, separable id) when the workload is half of a layer pair."""
-    if not workload_id.startswith("conv-"):
+    """(standard id, separable id) when the workload is half of a layer pair (of one precision)."""
+    base, precision = split_precision(workload_id)
+    if not base.startswith("conv-"):
         return None
-    spec = ConvSpec.from_id(workload_id)
+    spec = ConvSpec.from_id(base)
     if spec.kind == "standard":
-        return workload_id, spec.twin().workload_id
+        return workload_id, with_precision(spec.twin().workload_id, precision)
     if spec.kind == "separable":
-        return spec.twin().workload_id, workload_id
+        return with_precision(spec.twin().workload_id, precision), workload_id
     return None
 
 
@@ -156,8 +184,15 @@ def _paper() -> list[str]:
     return ids
 
 
+def _int8() -> list[str]:
+    # The quick suite at both precisions, so every int8 row has its fp32 twin in the same run.
+    ids = _quick()
+    return ids + [with_precision(i, "int8") for i in ids]
+
+
 SUITES: dict[str, Callable[[], list[str]]] = {
     "quick": _quick,
+    "int8": _int8,
     "layers": _layers,
     "mobilenets": _mobilenets,
     "paper": _paper,

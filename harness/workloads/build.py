@@ -136,7 +136,7 @@ class BuiltWorkload:
 
 def build_module(network: Network) -> nn.Module:
     """The workload's module in eval mode with deterministic, calibrated weights."""
-    generator = torch.Generator().manual_seed(workload_seed(network.workload_id))
+    generator = torch.Generator().manual_seed(workload_seed(network.fp32_id))
     module = _sequential(network.ops)
     _init_weights(module, generator)
     _calibrate_batchnorm(module, network, generator)
@@ -144,8 +144,14 @@ def build_module(network: Network) -> nn.Module:
 
 
 def reference_input(network: Network) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(workload_seed(network.workload_id + "/input"))
+    generator = torch.Generator().manual_seed(workload_seed(network.fp32_id + "/input"))
     return torch.randn(network.input_shape, generator=generator)
+
+
+def calibration_inputs(network: Network, count: int) -> torch.Tensor:
+    """``count`` inputs from the reference input's distribution (other seeds): int8 calibration data."""
+    generator = torch.Generator().manual_seed(workload_seed(network.fp32_id + "/calibration"))
+    return torch.randn((count, *network.input_shape[1:]), generator=generator)
 
 
 def build(network: Network) -> BuiltWorkload:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+INT8_SUFFIX = "-int8"  # on any workload id: its int8 variant
+PRECISIONS = ("fp32", "int8")
+
 Activation = Literal["relu", "relu6", "hswish", "hsigmoid", "none"]
 
 
@@ -83,6 +86,13 @@ class Network:
     in_channels: int
     in_size: int
     batch: int = 1
+    # "int8": the same network (same weights, same input) statically quantized by each exporter.
+    precision: str = "fp32"
+
+    @property
+    def fp32_id(self) -> str:
+        """The id of the fp32 network this is (itself, or the id without ``-int8``): it seeds the weights."""
+        return self.workload_id.removesuffix(INT8_SUFFIX) if self.precision == "int8" else self.workload_id
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
