@@ -6,6 +6,8 @@ ordinary run, so every runtime and transport measures them exactly as it measure
 threads, delegate) a ``Ceiling``:
 
 * ``peak_macs_per_s``: MAC/s of a large compute-bound conv, run by that runtime;
+* ``int8_peak_macs_per_s``: the same conv statically quantized (its ``-int8`` id), for backends
+  that run int8 (``Backend.precisions``); ``for_precision("int8")`` is the ceiling with it;
 * ``stream_bytes_per_s``: bytes/s of a matrix-vector product whose weights (64 MiB) are far
   beyond any last-level cache: each weight is read once per call;
 * ``cache_bytes_per_s``: the same kernel on a 4 MiB working set (inside the LLC of desktop and
@@ -27,7 +29,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,11 @@ SCHEMA_VERSION = 1
 # The kernels (see harness/workloads/calib.py). 462 MMACs of 3x3 conv; a 4096 x 4096 fp32
 # matrix-vector product streams 64 MiB, a 1024 x 1024 one 4 MiB.
 COMPUTE_WORKLOAD = "calib-conv-C256-k3-x28"
+INT8_COMPUTE_WORKLOAD = COMPUTE_WORKLOAD + "-int8"
 STREAM_WORKLOAD = "calib-gemv-N4096"
 CACHE_WORKLOAD = "calib-gemv-N1024"
-WORKLOADS = (COMPUTE_WORKLOAD, STREAM_WORKLOAD, CACHE_WORKLOAD)
+# Memory roofs are bytes/s whatever the bytes hold; only the compute roof differs per precision.
+WORKLOADS = (COMPUTE_WORKLOAD, INT8_COMPUTE_WORKLOAD, STREAM_WORKLOAD, CACHE_WORKLOAD)
 
 CeilingKey = tuple[str, str, int, str | None]  # (fingerprint id, backend, threads, delegate)
 
@@ -61,10 +65,19 @@ class Ceiling:
     sources: dict = field(default_factory=dict)  # role -> workload id, latency, MACs, bytes, invocations
     measured_at: str = ""
     llc_bytes: int | None = None  # the last-level cache size, when the device's sysfs says
+    int8_peak_macs_per_s: float | None = None  # the int8 conv's MAC/s (backends that run int8)
 
     @property
     def key(self) -> CeilingKey:
         return (self.fingerprint_id, self.backend, self.threads, self.delegate)
+
+    def for_precision(self, precision: str) -> Ceiling | None:
+        """The roofs a workload of ``precision`` runs under (None: that precision's peak was not measured)."""
+        if precision == "fp32":
+            return self
+        if precision == "int8" and self.int8_peak_macs_per_s:
+            return replace(self, peak_macs_per_s=self.int8_peak_macs_per_s)
+        return None
 
     @property
     def ridge_intensity(self) -> float:
@@ -162,7 +175,8 @@ def ceiling_for(row: Mapping[str, Any], ceilings: Mapping[CeilingKey, Ceiling]) 
     Matched on ``device_fingerprint_id`` (or a record's ``device_fingerprint.id``), backend,
     threads and the requested delegate: ``requested_delegate`` when the row has it, else its
     ``delegate`` column (which off Android is the provider the runtime reported, so a
-    ceiling stored without a delegate matches it too).
+    ceiling stored without a delegate matches it too).  An int8 row gets the int8 compute roof
+    (``Ceiling.for_precision``), or None when it was not measured.
     """
     fingerprint_id = _clean(row.get("device_fingerprint_id"))
     if fingerprint_id is None and isinstance(row.get("device_fingerprint"), Mapping):
@@ -174,8 +188,19 @@ def ceiling_for(row: Mapping[str, Any], ceilings: Mapping[CeilingKey, Ceiling]) 
     for delegate in dict.fromkeys((_clean(row.get("requested_delegate")), _clean(row.get("delegate")), None)):
         ceiling = ceilings.get((fingerprint_id, backend, threads, delegate))
         if ceiling is not None:
-            return ceiling
+            return ceiling.for_precision(_precision(row))
     return None
+
+
+def _precision(row: Mapping[str, Any]) -> str:
+    precision = _clean(row.get("precision"))
+    if precision is None and isinstance(row.get("workload"), Mapping):
+        precision = row["workload"].get("precision")
+    if precision is None:
+        from harness.workloads import split_precision
+
+        precision = split_precision(str(row.get("workload_id") or ""))[1]
+    return str(precision)
 
 
 # ---------------------------------------------------------------- from a calibration run's records
@@ -236,8 +261,8 @@ def ceilings_from_records(records: Iterable[Mapping[str, Any]],
             continue
         sources: dict[str, dict[str, Any]] = {}
         rates: dict[str, float] = {}
-        roles = (("compute", COMPUTE_WORKLOAD, "macs"), ("stream", STREAM_WORKLOAD, "bytes_fp32"),
-                 ("cache", CACHE_WORKLOAD, "bytes_fp32"))
+        roles = (("compute", COMPUTE_WORKLOAD, "macs"), ("compute_int8", INT8_COMPUTE_WORKLOAD, "macs"),
+                 ("stream", STREAM_WORKLOAD, "bytes_fp32"), ("cache", CACHE_WORKLOAD, "bytes_fp32"))
         for role, workload_id, unit in roles:
             record = best.get(workload_id)
             if record is None:
@@ -250,6 +275,10 @@ def ceilings_from_records(records: Iterable[Mapping[str, Any]],
                              "bytes": cost["bytes_fp32"], "invocations": sum(1 for r in group
                                                                               if r["workload_id"] == workload_id),
                              "provider": record.get("provider"), "run_id": record.get("run_id") or run_id}
+        if "compute_int8" not in rates and any(r.get("workload_id") == INT8_COMPUTE_WORKLOAD for r in group):
+            # Recorded, so that a backend whose int8 export fails is not calibrated again on every run.
+            sources["compute_int8"] = {"workload_id": INT8_COMPUTE_WORKLOAD, "error": "; ".join(
+                e for e in errors if e.startswith(INT8_COMPUTE_WORKLOAD)) or "no valid measurement"}
         first = best[COMPUTE_WORKLOAD]
         fingerprint = dict(first.get("device_fingerprint") or {})
         if not fingerprint.get("id"):
@@ -260,7 +289,7 @@ def ceilings_from_records(records: Iterable[Mapping[str, Any]],
                           delegate=delegate, runtime_version=first.get("runtime_version"),
                           peak_macs_per_s=rates["compute"], stream_bytes_per_s=rates["stream"],
                           cache_bytes_per_s=rates.get("cache"), sources=sources, measured_at=now,
-                          llc_bytes=(llc_bytes or {}).get(device))
+                          llc_bytes=(llc_bytes or {}).get(device), int8_peak_macs_per_s=rates.get("compute_int8"))
         ceilings.append((ceiling, fingerprint))
     return ceilings, failures
 
@@ -327,11 +356,20 @@ def uncalibrated(wanted: list[Target], ceilings: Mapping[CeilingKey, Ceiling]) -
         fingerprint_id = fingerprints[target.device.name]
         ceiling = ceilings.get((fingerprint_id, target.backend, target.threads, target.delegate)) \
             if fingerprint_id else None
-        if ceiling is None:
+        if ceiling is None or _lacks_int8(ceiling):
             missing.append(target)
         else:
             found.append(ceiling)
     return missing, found
+
+
+def _lacks_int8(ceiling: Ceiling) -> bool:
+    """A ceiling stored before int8 calibration existed, for a backend that runs int8: measure it again."""
+    from harness.registry import BACKENDS
+
+    backend = BACKENDS.get(ceiling.backend)
+    return bool(backend and "int8" in backend.precisions and not ceiling.int8_peak_macs_per_s
+                and "compute_int8" not in ceiling.sources)
 
 
 def calibration_policy(max_seconds: float = 1.0) -> Any:

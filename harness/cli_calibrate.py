@@ -21,6 +21,13 @@ def _gb(value: float | None) -> str:
     return f"{value / 1e9:.1f}" if value else "-"
 
 
+def _int8(ceiling: Any) -> str:
+    if ceiling.int8_peak_macs_per_s:
+        return f"{ceiling.int8_peak_macs_per_s / 1e9:.1f}"
+    failed = (ceiling.sources or {}).get("compute_int8", {}).get("error")
+    return "failed" if failed else "-"
+
+
 def print_ceilings(ceilings: list[Any], reused: list[Any], title: str) -> None:
     from harness.cli import _print_table
 
@@ -28,12 +35,13 @@ def print_ceilings(ceilings: list[Any], reused: list[Any], title: str) -> None:
     for ceiling, how in [(c, "measured") for c in ceilings] + [(c, "stored") for c in reused]:
         tag = f"{ceiling.backend} ({ceiling.delegate})" if ceiling.delegate else ceiling.backend
         rows.append([f"{ceiling.device}/{tag}/t{ceiling.threads}", ceiling.fingerprint_id,
-                     ceiling.runtime_version or "?", f"{ceiling.peak_macs_per_s / 1e9:.1f}",
+                     ceiling.runtime_version or "?", f"{ceiling.peak_macs_per_s / 1e9:.1f}", _int8(ceiling),
                      _gb(ceiling.stream_bytes_per_s), _gb(ceiling.cache_bytes_per_s),
                      f"{ceiling.ridge_intensity:.1f}", how])
-    _print_table(title, ["device/backend/threads", "fingerprint", "runtime", "GMAC/s", "GB/s stream",
+    _print_table(title, ["device/backend/threads", "fingerprint", "runtime", "GMAC/s", "int8 GMAC/s", "GB/s stream",
                          "GB/s cache", "ridge MAC/B", "ceiling"], rows,
-                 footer="GMAC/s: a 3x3 conv of 462 MMACs; GB/s: fp32 matrix-vector products streaming 64 MiB "
+                 footer="GMAC/s: a 3x3 conv of 462 MMACs (int8: the same conv quantized, where the backend runs int8; "
+                        "'failed': see the calibration run); GB/s: fp32 matrix-vector products streaming 64 MiB "
                         "(stream) and 4 MiB (cache) of weights; ridge = peak / stream bandwidth")
 
 
@@ -56,7 +64,8 @@ def calibrate_before_run(selected: list[Any], chosen: list[str], threads: list[i
                                               on_event=progress.on_event)
     for ceiling in outcome.ceilings:
         console.print(f"  {ceiling.device}/{ceiling.backend}/t{ceiling.threads}: "
-                      f"{ceiling.peak_macs_per_s / 1e9:.1f} GMAC/s, {_gb(ceiling.stream_bytes_per_s)} GB/s stream, "
+                      f"{ceiling.peak_macs_per_s / 1e9:.1f} GMAC/s ({_int8(ceiling)} int8), "
+                      f"{_gb(ceiling.stream_bytes_per_s)} GB/s stream, "
                       f"{_gb(ceiling.cache_bytes_per_s)} GB/s cache", markup=False, soft_wrap=True)
     for failure in outcome.failures:
         console.print(f"  calibration failed on {failure.device}/{failure.backend}/t{failure.threads}: "

@@ -85,6 +85,24 @@ def test_ceiling_roofline_arithmetic():
     assert no_cache.roofline_seconds(1e9, 20e9, resident=True) == 2.0  # falls back to the stream roof
 
 
+def test_int8_rows_get_the_int8_compute_roof_and_old_ceilings_are_measured_again():
+    ceiling = Ceiling("dev", "fp", "onnxruntime", 1, None, "1.0", 40e9, 10e9, None, {}, "now",
+                      int8_peak_macs_per_s=90e9)
+    ceilings = {ceiling.key: ceiling}
+    row = {"device_fingerprint_id": "fp", "backend": "onnxruntime", "threads": 1}
+    assert ceiling_for({**row, "workload_id": "conv-standard-M8-N8-k3-x8-s1"}, ceilings) is ceiling
+    int8 = ceiling_for({**row, "workload_id": "conv-standard-M8-N8-k3-x8-s1-int8"}, ceilings)
+    assert int8.peak_macs_per_s == 90e9 and int8.stream_bytes_per_s == 10e9  # memory roofs are per byte
+    assert ceiling_for({**row, "precision": "int8", "workload_id": "x"}, ceilings).peak_macs_per_s == 90e9
+    before_int8 = Ceiling("dev", "fp", "onnxruntime", 1, None, "1.0", 40e9, 10e9, None, {}, "now")
+    assert ceiling_for({**row, "workload_id": "mobilenet_v2-1.0-224-int8"}, {before_int8.key: before_int8}) is None
+    fp32_only = Ceiling("dev", "fp", "torch", 1, None, "2.13", 40e9, 10e9, None, {}, "now")
+    failed = Ceiling("dev", "fp", "tflite", 1, None, "2.3", 40e9, 10e9, None,
+                     {"compute_int8": {"error": "export failed"}}, "now")
+    assert calibration._lacks_int8(before_int8) and not calibration._lacks_int8(ceiling)
+    assert not calibration._lacks_int8(fp32_only) and not calibration._lacks_int8(failed)
+
+
 def test_damaged_calibration_file_is_skipped_with_a_warning(tmp_path, capsys):
     good = Ceiling("dev", "fp1", "onnxruntime", 2, None, "1.0", 40e9, 10e9, None, {}, "now")
     calibration.save_ceiling(tmp_path, good)
@@ -125,6 +143,14 @@ def test_local_calibration_matches_independent_references_and_is_reused(results_
     interpreter.allocate_tensors()
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.load(tflite_model.input_path))
     bare_loops = {"onnxruntime": lambda: session.run(None, feed), "tflite": interpreter.invoke}
+    onnx_int8 = get_artifact(calibration.INT8_COMPUTE_WORKLOAD, "onnx")[0]
+    session_int8 = ort.InferenceSession(str(onnx_int8.path), options, providers=["CPUExecutionProvider"])
+    feed_int8 = {session_int8.get_inputs()[0].name: np.load(onnx_int8.input_path)}
+    tflite_int8 = get_artifact(calibration.INT8_COMPUTE_WORKLOAD, "tflite")[0]
+    interpreter_int8 = Interpreter(model_path=str(tflite_int8.path), num_threads=1)
+    interpreter_int8.allocate_tensors()
+    interpreter_int8.set_tensor(interpreter_int8.get_input_details()[0]["index"], np.load(tflite_int8.input_path))
+    int8_loops = {"onnxruntime": lambda: session_int8.run(None, feed_int8), "tflite": interpreter_int8.invoke}
 
     # Each backend's bare loop runs just before and just after its calibration: other processes
     # on a shared machine change what either reaches within seconds, so the calibrated ceiling
@@ -159,6 +185,12 @@ def test_local_calibration_matches_independent_references_and_is_reused(results_
         assert ceiling.peak_macs_per_s > 4 * ceiling.stream_bytes_per_s * 0.25
         assert ceiling.cache_bytes_per_s and ceiling.cache_bytes_per_s > ceiling.stream_bytes_per_s
         assert ceiling.ridge_intensity == pytest.approx(ceiling.peak_macs_per_s / ceiling.stream_bytes_per_s)
+        # int8: the same conv quantized, held to a bare loop over the same int8 model run just after.
+        assert ceiling.int8_peak_macs_per_s, ceiling.sources.get("compute_int8")
+        int8_reference = conv / median_loop(int8_loops[backend])
+        print(f"{backend}: int8 {ceiling.int8_peak_macs_per_s / 1e9:.1f} GMAC/s, bare loop "
+              f"{int8_reference / 1e9:.1f} GMAC/s")
+        assert 0.7 * int8_reference < ceiling.int8_peak_macs_per_s < 1.3 * int8_reference, backend
 
     # Streaming bandwidth against numpy copying the same 64 MiB (read + write): the same order of magnitude.
     source = np.ones(4096 * 4096, dtype=np.float32)
