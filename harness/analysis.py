@@ -271,6 +271,54 @@ def v1_vs_twin(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def int8_speedups(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each int8 workload against its fp32 twin on the same device x backend x threads (x run).
+
+    ``int8_speedup`` = fp32 median / int8 median (above 1: int8 is faster); ``kind`` says what
+    the workload is (standard, separable, depthwise, pointwise or network), since depthwise
+    layers are known to gain much less from int8 than pointwise and standard ones.
+    """
+    from harness.workloads import split_precision, with_precision
+
+    summary = workload_summary(frame)
+    if summary.empty:
+        return pd.DataFrame()
+    summary = summary.assign(precision=[split_precision(w)[1] for w in summary["workload_id"]])
+    if not (summary["precision"] == "int8").any():
+        return pd.DataFrame()
+    keys = [k for k in ["run_id", *GROUP] if k in summary]
+    if "run_id" in summary and summary["run_id"].nunique() <= 1:
+        keys.remove("run_id")
+    rows = []
+    for group_values, group in summary.groupby(keys, dropna=False, sort=True):
+        latency = dict(zip(group["workload_id"], group["latency_median"], strict=True))
+        for _, int8 in group[group["precision"] == "int8"].iterrows():
+            fp32_id = with_precision(int8["workload_id"], "fp32")
+            if fp32_id not in latency:
+                continue
+            row = _key_dict(keys, group_values)
+            row.update(workload_id=fp32_id, kind=int8.get("kind"), macs=int8.get("macs"),
+                       fp32_median_s=latency[fp32_id], int8_median_s=int8["latency_median"],
+                       int8_speedup=latency[fp32_id] / int8["latency_median"],
+                       int8_gmacs_per_s=int8["macs"] / int8["latency_median"] / 1e9)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def int8_by_kind(speedups: pd.DataFrame) -> pd.DataFrame:
+    """Per device x backend x threads and workload kind: the geometric mean int8 speedup and its range."""
+    if speedups.empty:
+        return pd.DataFrame()
+    keys = [k for k in ["run_id", *GROUP, "kind"] if k in speedups]
+    rows = []
+    for group_values, group in speedups.groupby(keys, dropna=False, sort=True):
+        row = _key_dict(keys, group_values)
+        row.update(workloads=len(group), geomean_int8_speedup=geometric_mean(group["int8_speedup"]),
+                   lowest=float(group["int8_speedup"].min()), highest=float(group["int8_speedup"].max()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def delegate_backends(frame: pd.DataFrame) -> frozenset[str]:
     """Backends whose labels name the delegate: a job asked for one (an Android delegate:
     xnnpack, gpu, nnapi rows differ), or the backend ran with more than one.

@@ -226,3 +226,26 @@ def test_delegate_named_when_requested_or_several():
     assert analysis.delegate_backends(two) == {"torch"}
     assert analysis.series_label(two.iloc[2], False, {"torch"}) == "torch[cuda]"
     assert analysis.series_label(two.iloc[2], True, {"torch"}) == "torch[cuda] t1"
+
+
+def test_int8_speedups_pair_each_int8_workload_with_its_fp32_twin():
+    def row(workload_id, kind, backend, median):
+        return {"status": "ok", "job_id": f"local/{backend}/t1/{workload_id}", "workload_id": workload_id,
+                "kind": kind, "macs": 1e9, "device": "local", "backend": backend, "threads": 1, "delegate": "",
+                "latency_median": median}
+
+    frame = pd.DataFrame([
+        row("conv-standard-M8-N8-k3-x8-s1", "standard", "onnxruntime", 0.004),
+        row("conv-standard-M8-N8-k3-x8-s1-int8", "standard", "onnxruntime", 0.001),
+        row("conv-separable-M8-N8-k3-x8-s1", "separable", "onnxruntime", 0.002),
+        row("conv-separable-M8-N8-k3-x8-s1-int8", "separable", "onnxruntime", 0.0025),
+        row("mobilenet_v2-1.0-224-int8", "network", "onnxruntime", 0.01),  # no fp32 twin measured: left out
+        row("conv-standard-M8-N8-k3-x8-s1", "standard", "torch", 0.003),
+    ])
+    speedups = analysis.int8_speedups(frame)
+    assert len(speedups) == 2 and set(speedups["backend"]) == {"onnxruntime"}
+    assert _row(speedups, kind="standard")["int8_speedup"] == pytest.approx(4.0)
+    assert _row(speedups, kind="separable")["int8_speedup"] == pytest.approx(0.8)  # int8 slower: said so
+    by_kind = analysis.int8_by_kind(speedups)
+    assert _row(by_kind, kind="standard")["geomean_int8_speedup"] == pytest.approx(4.0)
+    assert analysis.int8_speedups(frame[~frame["workload_id"].str.endswith("-int8")]).empty

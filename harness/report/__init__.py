@@ -18,7 +18,8 @@ from harness.errors import UserError
 
 CSV_FILES = {"pairs": "pairs.csv", "efficiency": "efficiency.csv", "workloads": "workloads.csv",
              "networks": "networks.csv", "v1_vs_twin": "v1_vs_twin.csv", "theories": "theories.csv",
-             "layer_types": "layer_types.csv", "fusion": "fusion.csv", "excluded": "excluded.csv"}
+             "layer_types": "layer_types.csv", "fusion": "fusion.csv", "int8": "int8.csv",
+             "excluded": "excluded.csv"}
 
 
 @dataclass
@@ -54,6 +55,7 @@ def analyse(frame: Any, bootstrap: int = 1000, ceilings: dict[Any, Any] | None =
         "networks": analysis.network_summary(frame),
         "network_comparison": analysis.network_comparison(frame),
         "v1_vs_twin": analysis.v1_vs_twin(frame),
+        "int8": analysis.int8_speedups(frame),
         "excluded": analysis.excluded(frame),
     }
 
@@ -117,7 +119,9 @@ def build_report(run_paths: list[Path], out_dir: Path, title: str | None = None,
         tables.layer_type_table(analysed["layer_types"], delegates),
         tables.fusion_table(analysed["fusion"], delegates),
         tables.networks_table(analysed["network_comparison"], delegates),
+        tables.int8_table(analysed["int8"], delegates),
         tables.workloads_table(analysed["workloads"], delegates),
+        tables.backends_table(frame),
         tables.excluded_table(analysed["excluded"]),
     ]
     display = [t for t in display if t.rows or t.name in ("pairs", "workloads", "excluded")]
@@ -130,7 +134,7 @@ def build_report(run_paths: list[Path], out_dir: Path, title: str | None = None,
                   "workloads": analysed["workloads"], "networks": analysed["network_comparison"],
                   "v1_vs_twin": analysed["v1_vs_twin"], "theories": analysed["theories"],
                   "layer_types": analysed["layer_types"], "fusion": analysed["fusion"],
-                  "excluded": analysed["excluded"]}
+                  "int8": analysed["int8"], "excluded": analysed["excluded"]}
     for name, table in csv_frames.items():
         path = out_dir / CSV_FILES[name]
         table.to_csv(path, index=False)

@@ -129,6 +129,7 @@ def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[
         lines.append(f"On {who(row)}, {row['workload_id']} runs {row['measured_speedup']:.1f}x "
                      f"faster than its standard-conv twin (theory {row['theoretical_speedup']:.1f}x, "
                      f"{row['efficiency']:.0%} of it).")
+    lines += _int8_lines(tables.get("int8"), who)
     lines += _theory_lines(tables.get("theories"), who)
     lines += _roof_lines(tables["workloads"], who)
     networks = tables["networks"]
@@ -166,6 +167,24 @@ def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[
                      + ", ".join(f"{n} {s}" for s, n in counts.items()) + "); they are listed below.")
     if valid.empty:
         lines.append("No valid measurement: nothing to analyse.")
+    return lines
+
+
+def _int8_lines(speedups: pd.DataFrame | None, who: Any) -> list[str]:
+    """Per device and backend: how much int8 gains for each kind of workload (geometric means)."""
+    from harness.analysis import int8_by_kind
+
+    if speedups is None or speedups.empty:
+        return []
+    by_kind = int8_by_kind(speedups)
+    keys = [k for k in ["run_id", "device", "backend", "threads", "delegate"] if k in by_kind]
+    lines = []
+    for _, group in by_kind.groupby(keys, dropna=False, sort=True):
+        parts = [f"{r['kind']} {r['geomean_int8_speedup']:.2f}x" + (
+            f" ({r['lowest']:.2f}-{r['highest']:.2f}x over {r['workloads']})" if r["workloads"] > 1 else "")
+                 for _, r in group.sort_values("geomean_int8_speedup", ascending=False).iterrows()]
+        lines.append(f"On {who(group.iloc[0])}, int8 runs faster than fp32 by: {'; '.join(parts)} "
+                     "(fp32 / int8 median latency, geometric mean).")
     return lines
 
 

@@ -215,6 +215,42 @@ def efficiency_table(efficiency: pd.DataFrame, named_delegates: Collection[str] 
     return table
 
 
+def int8_table(speedups: pd.DataFrame, named_delegates: Collection[str] = ()) -> Table:
+    table = Table("int8", "int8 against fp32: the same workload, statically quantized",
+                  [where_column(named_delegates), "workload", "kind", "fp32 ms", "int8 ms", "int8 speedup",
+                   "int8 GMAC/s"],
+                  note="int8 speedup = fp32 median / int8 median on the same device, backend and threads (above 1x: "
+                       "int8 is faster). Each int8 model is the fp32 one with the same weights, quantized after "
+                       "training with calibration inputs drawn like the reference input; its output is checked "
+                       "against the fp32 PyTorch output within a quantization tolerance.")
+    for _, row in speedups.iterrows():
+        table.rows.append([where_label(row, named_delegates), row["workload_id"], str(row.get("kind") or ""),
+                           ms(row["fp32_median_s"]), ms(row["int8_median_s"]), times(row["int8_speedup"]),
+                           fixed(row["int8_gmacs_per_s"], 1)])
+    return table
+
+
+def backends_table(frame: pd.DataFrame) -> Table:
+    """What each backend in the report is: a name alone (torch vs torch-compile) could mislead."""
+    from harness.registry import BACKENDS, FORMATS
+
+    table = Table("backends", "Backends in this report",
+                  ["backend", "what runs", "artifact", "precisions measured", "compile s (median)"],
+                  note="compile s: torch.compile's compilation, timed apart from the latency (it happens once "
+                       "per process, before the first timed call).")
+    if frame.empty or "backend" not in frame:
+        return table
+    for backend in sorted(frame["backend"].dropna().unique()):
+        info = BACKENDS.get(str(backend))
+        rows = frame[frame["backend"] == backend]
+        precisions = sorted({"int8" if str(w).endswith("-int8") else "fp32" for w in rows["workload_id"]})
+        compile_s = rows["compile_s"].dropna() if "compile_s" in rows else pd.Series(dtype=float)
+        table.rows.append([str(backend), info.label or info.name if info else "",
+                           FORMATS[info.format].filename.split(".")[-1] if info else "", ", ".join(precisions),
+                           f"{compile_s.median():.1f}" if len(compile_s) else ""])
+    return table
+
+
 def excluded_table(bad: pd.DataFrame) -> Table:
     table = Table("excluded", "Excluded measurements (not in any figure or ratio)",
                   ["job", "status", "reason"])
