@@ -86,9 +86,10 @@ def workloads(ctx: click.Context, suite_name: str, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     _print_table(
-        f"suite {suite_name}: {len(rows)} workloads (fp32 bytes; ratio = separable/standard MACs)",
+        f"suite {suite_name}: {len(rows)} workloads (bytes at each workload's precision; "
+        "ratio = separable/standard MACs)",
         ["workload", "kind", "MACs", "params", "bytes", "MAC/B", "ratio", "1/N+1/Dk²", "speedup"],
-        [[r["workload_id"], r["kind"], _human(r["macs"]), _human(r["params"]), _human(r["bytes_fp32"], "B"),
+        [[r["workload_id"], r["kind"], _human(r["macs"]), _human(r["params"]), _human(r["bytes"], "B"),
           f"{r['intensity']:.1f}",
           f"{r['ratio']:.4f}" if r.get("ratio") is not None else "",
           f"{r['theoretical_ratio']:.4f}" if r.get("theoretical_ratio") is not None else "",
@@ -110,7 +111,9 @@ def workloads_show(workload_id: str, as_json: bool, run_ref: str | None, results
     from harness.cli_analysis import layer_measurements, print_layer_measurements
     from harness.cost import network_cost
 
-    cost = network_cost(registry.get(workload_id))
+    network = registry.get(workload_id)
+    cost = network_cost(network)
+    int8 = network.precision == "int8"
     measured = layer_measurements(workload_id, run_ref, results_dir) if run_ref else None
     if as_json:
         click.echo(json.dumps({"workload_id": workload_id, "layers": [layer.row() for layer in cost.layers],
@@ -118,12 +121,13 @@ def workloads_show(workload_id: str, as_json: bool, run_ref: str | None, results
                               indent=2, default=str))
         return
     rows = [[layer.name, layer.op, "x".join(map(str, layer.in_shape)), "x".join(map(str, layer.out_shape)),
-             _human(layer.macs), _human(layer.params), _human(layer.bytes_fp32, "B"), f"{layer.intensity:.1f}"]
+             _human(layer.macs), _human(layer.params), _human(layer.bytes_int8 if int8 else layer.bytes_fp32, "B"),
+             f"{layer.macs / layer.bytes_int8 if int8 else layer.intensity:.1f}"]
             for layer in cost.layers]
-    rows.append(["total", "", "", "", _human(cost.macs), _human(cost.params), _human(cost.bytes_fp32, "B"),
-                 f"{cost.intensity:.1f}"])
-    _print_table(f"{workload_id}: {len(cost.layers)} layers", ["layer", "op", "in", "out", "MACs", "params",
-                 "bytes", "MAC/B"], rows,
+    rows.append(["total", "", "", "", _human(cost.macs), _human(cost.params),
+                 _human(cost.bytes_for(network.precision), "B"), f"{cost.intensity_for(network.precision):.1f}"])
+    _print_table(f"{workload_id}: {len(cost.layers)} layers ({network.precision} bytes)",
+                 ["layer", "op", "in", "out", "MACs", "params", "bytes", "MAC/B"], rows,
                  footer=f"total: {cost.macs:,} MACs, {cost.params:,} parameters, "
                         f"{cost.bytes_fp32:,} bytes fp32, {cost.bytes_int8:,} bytes int8")
     if measured:
