@@ -1,25 +1,37 @@
-"""Android transport: TensorFlow Lite's ``benchmark_model`` on a phone, over the user's ``adb``.
+"""Android transport: ``benchmark_model`` (LiteRT) and ``executor_runner`` (ExecuTorch) on a phone, over ``adb``.
 
-Per batch (one device, thread count and delegate):
+A ``tflite`` job runs ``benchmark_model`` on the ``.tflite``; an ``executorch`` job runs the
+``executor_runner`` devices.yaml declares (``backends.executor_runner``: its flags, its output)
+on the ``.pte``.  Per batch (one device, backend, thread count and delegate):
 
 1. the device must be online and authorized (its state from the adb server), otherwise
    ``DeviceError`` with what to do (accept the RSA prompt, reconnect the cable, ``adb connect``);
-2. once per transport: the fingerprint (``getprop``, cpufreq), ``benchmark_model`` pushed to
-   ``/data/local/tmp/convbench/`` (or found on the device) and probed, the battery sensor probed;
-3. per job: the ``.tflite`` is pushed unless the device already holds it (same sha256), the
+2. once per transport: the fingerprint (``getprop``, cpufreq), ``benchmark_model`` and
+   ``executor_runner`` pushed to ``/data/local/tmp/convbench/`` (or found on the device) and
+   probed (``benchmark_model`` must start; ``executor_runner --help`` lists the flags it has),
+   the battery sensor probed;
+3. per job: the model is pushed unless the device already holds it (same sha256), the
    device cools down below ``thermal.cooldown_c`` if set (bounded by ``max_wait_s``), thermal
-   and cpufreq are read, ``benchmark_model`` runs (under ``taskset`` when ``cpu_mask`` is set)
-   while one shell loop on the phone prints ``current_now``/``voltage_now`` every 100 ms (one
-   stream over adb, read by a thread), and its output is parsed.
+   and cpufreq are read, the tool runs (under ``taskset`` when ``cpu_mask`` is set) while one
+   shell loop on the phone prints ``current_now``/``voltage_now`` every 100 ms (one stream over
+   adb, read by a thread), and its output is parsed.
 
 All of it goes through the user's adb server (``backends.adb``): one socket per call, no adb
 process.
 
-Every line benchmark_model prints is timestamped on arrival, so the battery energy is
-integrated over the measured loop only: from the second ``Running benchmark for at least``
-line to the statistics that end it, divided by the runs of that loop.  When the battery can be
-read, that loop is made long enough for the energy window (``energy_timing``; the record's
-``benchmark.timing_extended_for_energy`` says so).
+Every line the tool prints is timestamped on arrival, so the battery energy is integrated
+over the measured loop only: for benchmark_model from the second ``Running benchmark for at
+least`` line to the statistics that end it, divided by the runs of that loop; for
+executor_runner from the end of the last warm-up execution to the end of the last one (its
+``Iteration i of N`` lines), or over the whole process when the build prints only its total.
+When the battery can be read, that loop is made long enough for the energy window
+(``energy_timing``; the record's ``benchmark.timing_extended_for_energy`` says so).
+
+executor_runner takes a count, not a time: unless devices.yaml sets ``num_runs``, a short
+pilot run times one execution and the count is chosen the way benchmark_model stops
+(``--min-time``/``--max-time``, at least ``--min-runs``).  It prints per-execution times only
+from ExecuTorch 1.3 on; before, the record's latency is the mean of the total it prints, and
+says so (``latency.statistic``, ``benchmark.timing``).
 
 Cool-down waits follow the rule every transport shares (``backends.runner.cooldown``) and are
 reported to ``on_status`` as they happen.
@@ -40,7 +52,7 @@ import shlex
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +85,22 @@ from backends.benchmark_model import (
     parse_op_profile,
     timing_event,
 )
+from backends.executor_runner import (
+    BUILD_HELP,
+    LOGCAT_TAG,
+    RunnerResult,
+    diagnose,
+    executions_for,
+    latency_fields,
+    loop_seconds_per_execution,
+    parse_help,
+    parse_output,
+    per_run_estimate,
+    runner_argv,
+)
+from backends.executor_runner import (
+    timing_event as runner_event,
+)
 from backends.runner import file_sha256, wait_until_cool
 from harness.records import ErrorKind, error_record, raw_record
 from harness.registry import Fail, TransportInfo
@@ -84,6 +112,7 @@ BENCHMARK_HELP = (
     "https://ai.google.dev/edge/litert/models/measurement) and set benchmark_model in devices.yaml to its "
     "path on this computer (it is pushed to " + REMOTE_DIR + "/) or to its path on the device"
 )
+RUNNER_HELP = "ExecuTorch's executor_runner: " + BUILD_HELP
 ENERGY_SENSOR = "battery(power_supply)"
 ENERGY_NOTE = "USB charging distorts battery readings: unplug or disable charging (e.g. `dumpsys battery unplug`)"
 BATTERY_SENSORS = ("auto", "battery", "power_supply")
@@ -501,6 +530,21 @@ class BatterySampler:
         return gaps[len(gaps) // 2] if gaps else None
 
 
+@dataclass
+class RunnerRun:
+    """One executor_runner process as the transport saw it."""
+
+    command: str
+    code: int | None  # None: timed out
+    text: str  # everything it printed (and its logcat lines, when it logged there)
+    result: RunnerResult
+    log_source: str  # "stderr" or "logcat"
+    marks: list[tuple[float, str]] = field(default_factory=list)  # (arrival, "iteration"|"total")
+    started: float = 0.0
+    ended: float = 0.0
+    timed_out: bool = False
+
+
 # -- the transport ----------------------------------------------------------------------------
 
 
@@ -510,7 +554,7 @@ class AndroidTransport(Transport):
     def __init__(self, client: AdbClient, *, device_name: str = "android", options: Mapping[str, Any] | None = None,
                  cpu_mask: str | None = None, energy: Mapping[str, Any] | None = None,
                  zones: Sequence[str] = (), cooldown_c: float | None = None, max_wait_s: float = 120.0,
-                 sysfs_root: str = "/sys") -> None:
+                 sysfs_root: str = "/sys", backends: Sequence[str] = ("tflite",), source: str = "") -> None:
         self.client = client
         self.serial = client.serial or "the device"
         self.device_name = device_name
@@ -527,6 +571,12 @@ class AndroidTransport(Transport):
         self._binary_sha256: str | None = None
         self._binary_error: str | None = None
         self._runtime_version = "benchmark_model"
+        self.backends = tuple(backends)
+        self.source = source  # devices.yaml file:line of this device, for messages
+        self._runner: str | None = None  # executor_runner on the device
+        self._runner_sha256: str | None = None
+        self._runner_error: str | None = None
+        self._runner_flags: frozenset[str] | None = None  # what its --help lists (None: it lists nothing)
         self._energy_unavailable: str | None = None
         self._supply = str(self.energy_spec.get("supply") or "battery")
         self._pushed: dict[str, str] = {}  # remote path -> sha256 this transport knows is there
@@ -545,7 +595,8 @@ class AndroidTransport(Transport):
         thermal = device.thermal
         return cls(client, device_name=device.name, options=device.options, cpu_mask=device.cpu_mask,
                    energy=device.energy, zones=thermal.zones, cooldown_c=thermal.cooldown_c,
-                   max_wait_s=thermal.max_wait_s, sysfs_root=device.sysfs_root)
+                   max_wait_s=thermal.max_wait_s, sysfs_root=device.sysfs_root, backends=device.backends,
+                   source=device.source)
 
     # -- device state ---------------------------------------------------------------------
     def _connect(self) -> None:
@@ -577,6 +628,7 @@ class AndroidTransport(Transport):
         self._shell(quote_args(["mkdir", "-p", f"{REMOTE_DIR}/models"]), check=True)
         self._fingerprint = self._read_fingerprint()
         self._setup_binary()
+        self._setup_runner()
         self._probe_energy()
         self._prepared = True
 
@@ -644,33 +696,39 @@ class AndroidTransport(Transport):
         self._pushed[remote] = sha256
         return True
 
-    def _setup_binary(self) -> None:
-        option = self.options.get("benchmark_model")
+    def _install(self, tool: str, help_text: str) -> tuple[str | None, str | None, str | None]:
+        """(path on the device, its sha256, error) of the tool devices.yaml field ``tool`` names.
+
+        A path on this computer is pushed to REMOTE_DIR (unless the device already has those
+        bytes); a path under /data or /system is used where it is on the device.
+        """
+        option = self.options.get(tool)
+        where = f" ({self.source})" if self.source else ""
         if not option:
-            self._binary_error = f"benchmark_model not found: devices.yaml sets none for {self.device_name}: " \
-                                 f"{BENCHMARK_HELP}"
-            return
+            return None, None, f"{tool} not found: devices.yaml sets none for {self.device_name}{where}: {help_text}"
         text = str(option)
         local = Path(os.path.expanduser(text))
         try:
             if local.is_file():
-                remote = f"{REMOTE_DIR}/benchmark_model"
-                self._binary_sha256 = file_sha256(local)
-                self._push(local, remote, self._binary_sha256)
+                remote = f"{REMOTE_DIR}/{tool}"
+                sha256 = file_sha256(local)
+                self._push(local, remote, sha256)
                 self._shell(quote_args(["chmod", "755", remote]), check=True)
-            elif text.startswith(ON_DEVICE_PREFIXES):
+                return remote, sha256, None
+            if text.startswith(ON_DEVICE_PREFIXES):
                 code, _out, _err = self._shell(f"test -f {shlex.quote(text)}")
                 if code != 0:
-                    self._binary_error = (f"benchmark_model not found at {text} (neither on this computer nor on "
-                                          f"the device): {BENCHMARK_HELP}")
-                    return
-                remote = text
-                self._binary_sha256 = self._remote_sha256(remote)
-            else:
-                self._binary_error = f"benchmark_model not found at {local}: {BENCHMARK_HELP}"
-                return
+                    return None, None, (f"{tool} not found at {text} (neither on this computer nor on the device; "
+                                        f"devices.yaml{where}): {help_text}")
+                return text, self._remote_sha256(text), None
+            return None, None, f"{tool} not found at {local} (devices.yaml{where}): {help_text}"
         except AdbCommandFailed as exc:
-            self._binary_error = f"cannot install benchmark_model on {self.serial}: {exc}"
+            return None, None, f"cannot install {tool} on {self.serial}: {exc}"
+
+    def _setup_binary(self) -> None:
+        remote, self._binary_sha256, error = self._install("benchmark_model", BENCHMARK_HELP)
+        if remote is None:
+            self._binary_error = error
             return
         # Run it without a model: it must start (a wrong-ABI binary fails here, once, clearly).
         code, out, err = self._shell(quote_args([remote]), timeout=60)
@@ -684,6 +742,31 @@ class AndroidTransport(Transport):
         if match:
             self._runtime_version = match.group("version")
         self._binary = remote
+
+    def _setup_runner(self) -> None:
+        """executor_runner, when devices.yaml names one: installed, and its flags read from ``--help``."""
+        if not self.options.get("executor_runner"):
+            if "executorch" in self.backends:
+                self._runner_error = self._install("executor_runner", RUNNER_HELP)[2]
+            return
+        remote, self._runner_sha256, error = self._install("executor_runner", RUNNER_HELP)
+        if remote is None:
+            self._runner_error = error
+            return
+        # gflags lists every flag for --help (and exits 1): a wrong-ABI binary prints nothing of it.
+        code, out, err = self._shell(f"{quote_args([remote, '--help'])} 2>&1", timeout=60)
+        flags = parse_help(out + err)
+        if flags is None and (code in (126, 127) or code >= 128):
+            self._runner_error = (f"executor_runner at {remote} does not run on {self.serial} (exit {code}: "
+                                  f"{_tail(out + err, 3)}); is it the build for this ABI "
+                                  f"({(self._fingerprint or {}).get('machine')})? {RUNNER_HELP}")
+            return
+        if flags is not None and "num_executions" not in flags:
+            self._runner_error = (f"executor_runner at {remote} has no --num_executions: it is older than ExecuTorch "
+                                  f"0.6 and prints no time; {RUNNER_HELP}")
+            return
+        self._runner_flags = flags
+        self._runner = remote
 
     def _battery_paths(self) -> tuple[str, str]:
         base = f"{self.sysfs_root}/class/power_supply/{self._supply}"
@@ -758,18 +841,28 @@ class AndroidTransport(Transport):
         return f"{exc} (it is back in state {state!r})"
 
     def _error(self, job: Job, message: str, kind: ErrorKind, **extra: Any) -> dict[str, Any]:
+        if job.backend == "executorch":
+            return error_record(job, self.name, message, kind, runtime="executorch",
+                                runtime_version=self._runner_version(), device_fingerprint=self._fingerprint, **extra)
         return error_record(job, self.name, message, kind, runtime="tflite", runtime_version=self._runtime_version,
                             device_fingerprint=self._fingerprint, **extra)
+
+    def _runner_version(self) -> str:
+        """executor_runner prints no version: the binary's sha256 names the build."""
+        return f"executor_runner sha256:{self._runner_sha256[:12]}" if self._runner_sha256 else "executor_runner"
 
     def _push_model(self, artifact: Artifact) -> str:
         sha = artifact.sha256 or file_sha256(artifact.path)
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", artifact.workload_id)
-        remote = f"{REMOTE_DIR}/models/{safe}-{sha[:12]}.tflite"
+        suffix = ".pte" if artifact.format == "pte" else ".tflite"
+        remote = f"{REMOTE_DIR}/models/{safe}-{sha[:12]}{suffix}"
         self._push(Path(artifact.path), remote, sha)
         return remote
 
     def _run_job(self, job: Job, artifact: Artifact, policy: TimingPolicy,
                  on_status: StatusCallback | None = None, probe_artifact: Artifact | None = None) -> dict[str, Any]:
+        if job.backend == "executorch":
+            return self._run_executorch_job(job, artifact, policy, on_status, probe_artifact)
         if self._binary is None:
             return self._error(job, self._binary_error or f"benchmark_model not found: {BENCHMARK_HELP}",
                                ErrorKind.RUNTIME)
@@ -801,16 +894,7 @@ class AndroidTransport(Transport):
                               "max_secs": timing.max_seconds,
                               **({"timing_extended_for_energy": extended} if extended else {})}
 
-        idle_watts = None
-        if self._energy_unavailable is None and policy.energy_idle_seconds > 0:
-            idle = BatterySampler(self.client, *self._battery_paths(),
-                                  max_s=policy.energy_idle_seconds + 60).start()
-            idle_started = time.monotonic()
-            time.sleep(policy.energy_idle_seconds)
-            idle_ended = time.monotonic()
-            samples = idle.stop()
-            if len(samples) >= 2:
-                idle_watts = window_energy(samples, idle_started, idle_ended) / (idle_ended - idle_started)
+        idle_watts = self._idle_watts(policy)
 
         lock = threading.Lock()
         lines: list[str] = []
@@ -905,15 +989,265 @@ class AndroidTransport(Transport):
                 record["op_profile_total_s"] = profile["total_s"]
         return record
 
+    def _idle_watts(self, policy: TimingPolicy) -> float | None:
+        """The battery's draw with nothing running, over ``energy_idle_seconds`` (None: not measured)."""
+        if self._energy_unavailable is not None or policy.energy_idle_seconds <= 0:
+            return None
+        idle = BatterySampler(self.client, *self._battery_paths(), max_s=policy.energy_idle_seconds + 60).start()
+        idle_started = time.monotonic()
+        time.sleep(policy.energy_idle_seconds)
+        idle_ended = time.monotonic()
+        samples = idle.stop()
+        if len(samples) >= 2:
+            return window_energy(samples, idle_started, idle_ended) / (idle_ended - idle_started)
+        return None
+
+    # -- executorch: ExecuTorch's executor_runner ------------------------------------------------
+    def _run_runner(self, remote_model: str, executions: int, threads: int, timeout: float) -> RunnerRun:
+        """One executor_runner process, each line stamped on arrival; its log from logcat when the
+        build logs there (ExecuTorch's Android PAL) and printed nothing itself."""
+        assert self._runner is not None
+        command = quote_args(runner_argv(self._runner, remote_model, executions, threads, self._runner_flags,
+                                         self.cpu_mask))
+        lock = threading.Lock()
+        lines: list[str] = []
+        marks: list[tuple[float, str]] = []
+        remote_pid: list[str] = []
+
+        def on_line(_stream: str, line: str) -> None:
+            now = time.monotonic()
+            if line.startswith(PID_MARKER):
+                remote_pid.append(line[len(PID_MARKER):].strip())
+                return
+            event = runner_event(line)
+            with lock:
+                lines.append(line)
+                if event:
+                    marks.append((now, event))
+
+        started = time.monotonic()
+        try:
+            # The shell prints its pid, then becomes executor_runner (exec): the pid is the runner's,
+            # for a kill after a timeout and for its logcat lines.
+            code, _out, _err = self.client.shell_stream(f"echo {PID_MARKER}$$; exec {command}", on_line,
+                                                        timeout=timeout)
+        except AdbTimeout as exc:
+            if remote_pid and remote_pid[0].isdigit():
+                with contextlib.suppress(AdbError):
+                    self._shell(f"kill -9 {remote_pid[0]} 2>/dev/null", timeout=15)
+            text = _without_pid(exc.stdout) + exc.stderr
+            return RunnerRun(command, None, text, parse_output(text), "stderr", marks, started, time.monotonic(),
+                             timed_out=True)
+        ended = time.monotonic()
+        text = "".join(lines)
+        result = parse_output(text)
+        if code == 0 and result.log_lines == 0 and remote_pid and remote_pid[0].isdigit():
+            _code, out, _err = self._shell(
+                f"logcat -d -v threadtime --pid={remote_pid[0]} -s {LOGCAT_TAG} 2>/dev/null", timeout=30)
+            logged = parse_output(out)
+            if logged.log_lines:
+                logged.tensor_lines = result.tensor_lines
+                return RunnerRun(command, code, text + out, logged, "logcat", [], started, ended)
+        return RunnerRun(command, code, text, result, "stderr", marks, started, ended)
+
+    def _runner_failure(self, run: RunnerRun, timeout: float) -> tuple[str, ErrorKind] | None:
+        """What went wrong with one executor_runner process (message, kind), or None when it timed executions."""
+        if run.timed_out:
+            return (f"executor_runner timed out after {timeout:.0f} s (lower num_runs in devices.yaml, or "
+                    f"--max-time); last output: {_tail(run.text)}", ErrorKind.TIMEOUT)
+        assert self._runner is not None
+        message = diagnose(run.result, run.code, run.text, self._runner)
+        if message is None:
+            return None
+        kind = ErrorKind.CRASH if run.code is not None and run.code >= 128 else ErrorKind.RUNTIME
+        return f"{message}; last output: {_tail(run.text)}", kind
+
+    def _run_executorch_job(self, job: Job, artifact: Artifact, policy: TimingPolicy,
+                            on_status: StatusCallback | None, probe_artifact: Artifact | None) -> dict[str, Any]:
+        if self._runner is None:
+            return self._error(job, self._runner_error or f"executor_runner not found: {RUNNER_HELP}",
+                               ErrorKind.RUNTIME)
+        if job.delegate not in (None, "xnnpack"):
+            where = f" ({self.source})" if self.source else ""
+            return self._error(job, f"the executorch artifact is a program lowered to XNNPACK at export: delegate "
+                                    f"{job.delegate!r} does not apply to it; run executorch with the xnnpack "
+                                    f"delegate (devices.yaml `delegates`{where}) and {job.delegate} with tflite",
+                               ErrorKind.RUNTIME)
+        if artifact.format != "pte":
+            return self._error(job, f"executor_runner runs .pte programs, not {artifact.format} ({artifact.path})",
+                               ErrorKind.ARTIFACT)
+        remote_model = self._push_model(artifact)
+        extra: dict[str, Any] = {}
+        warnings: list[str] = []
+        problems: list[str] = []
+        if self.cooldown_c is not None:
+            cooled = self._cooldown(on_status)
+            if cooled.get("warning"):
+                warnings.append(cooled.pop("warning"))
+                cooled["cooldown_timed_out"] = bool(cooled.get("cooldown_timed_out"))
+            extra.update(cooled)
+        if probe_artifact is not None and policy.reference_probe_seconds > 0:
+            probe, problem = self._reference_probe(probe_artifact, policy.reference_probe_seconds)
+            if probe is not None:
+                extra["reference_probe"] = probe
+            else:
+                warnings.append(f"no reference probe: {problem}")
+        before = self._snapshot_raw(battery=self._energy_unavailable is None)
+        extra["thermal_before"] = self._state(before)
+
+        timing, _extended = energy_timing(policy) if self._energy_unavailable is None else (policy, None)
+        num_runs, warmup = run_counts(timing, self.options)
+        flags = sorted(self._runner_flags) if self._runner_flags is not None else None
+        extra["benchmark"] = {"binary": self._runner, "binary_sha256": self._runner_sha256, "flags": flags,
+                              "num_runs": num_runs, "warmup_runs": warmup, "min_secs": timing.min_seconds,
+                              "max_secs": timing.max_seconds}
+        per_run: float | None = None
+        extended = None
+        if self.options.get("num_runs") is None:
+            # A count, not a time: a short pilot run times one execution, then the count is chosen the way
+            # benchmark_model stops (at least num_runs, at least --min-time, at most --max-time).
+            pilot_executions = warmup + 5
+            pilot_timeout = benchmark_timeout(timing)
+            pilot = self._run_runner(remote_model, pilot_executions, job.threads, pilot_timeout)
+            failed = self._runner_failure(pilot, pilot_timeout)
+            extra["benchmark"]["pilot"] = {"command": pilot.command, "executions": pilot_executions,
+                                           "exit_code": pilot.code}
+            if failed is not None:
+                return self._error(job, failed[0], failed[1], **extra)
+            execute_s = per_run_estimate(pilot.result, warmup)
+            assert execute_s is not None
+            # The loop's pace (inputs and logging too) when the log lines carry their time, else execute()'s.
+            per_run = max(execute_s, loop_seconds_per_execution(pilot.result, warmup) or 0.0)
+            per_iteration = bool(pilot.result.iterations_ms)
+            measured = executions_for(per_run, num_runs, timing.min_seconds, timing.max_seconds, timing.max_runs)
+            unstretched = executions_for(per_run, num_runs, policy.min_seconds, policy.max_seconds, policy.max_runs)
+            if measured > unstretched:
+                extended = (f"measured executions raised from {unstretched} to {measured} (about "
+                            f"{_secs(timing.min_seconds)} s), so that they cover the battery's "
+                            f"{_secs(policy.energy_min_window_s)} s minimum energy window with margin "
+                            "(`energy: none` in devices.yaml keeps --min-time/--max-time)")
+            # Warm-up executions are left out only when the build prints each execution's time.
+            executions = (warmup if per_iteration else 0) + measured
+            extra["benchmark"]["pilot"].update(per_execution_s=execute_s, loop_s_per_execution=per_run,
+                                               per_execution_times=per_iteration)
+        else:
+            executions = warmup + num_runs
+        timeout = benchmark_timeout(timing) + (3.0 * executions * per_run if per_run else 0.0)
+        extra["benchmark"].update(executions=executions,
+                                  **({"timing_extended_for_energy": extended} if extended else {}))
+
+        idle_watts = self._idle_watts(policy)
+        sampler = None
+        if self._energy_unavailable is None:
+            sampler = BatterySampler(self.client, *self._battery_paths(), max_s=timeout + 60).start()
+        try:
+            run = self._run_runner(remote_model, executions, job.threads, timeout)
+        finally:
+            samples = sampler.stop() if sampler is not None else []
+        after = self._snapshot_raw()
+        extra["thermal_after"] = self._state(after)
+        extra["benchmark"].update(command=run.command, exit_code=run.code, log_source=run.log_source)
+        failed = self._runner_failure(run, timeout)
+        if failed is not None:
+            return self._error(job, failed[0], failed[1], **extra)
+        result = run.result
+        fields = latency_fields(result, warmup)
+        known_flags = self._runner_flags if self._runner_flags is not None else frozenset({"cpu_threads"})
+        if "cpu_threads" not in known_flags:
+            warnings.append(f"this executor_runner has no --cpu_threads: it chose its own thread count, not the "
+                            f"{job.threads} asked for")
+        elif result.threadpool_threads is None:
+            warnings.append(f"executor_runner printed no `Resetting threadpool` line (a build without ExecuTorch's "
+                            f"thread pool): --cpu_threads={job.threads} may not have applied")
+        elif result.threadpool_threads != job.threads:
+            problems.append(f"executor_runner set its thread pool to {result.threadpool_threads} threads, not the "
+                            f"{job.threads} asked for")
+        delegation, provider = self._pte_delegation(artifact)
+        record = raw_record(job, self.name, **extra)
+        record.update(
+            runtime="executorch",
+            runtime_version=self._runner_version(),
+            provider=provider,
+            device_fingerprint=self._fingerprint,
+            first_inference_s=result.iterations_ms[0] * 1e-3 if result.iterations_ms else None,
+            load_s=result.load_ms * 1e-3 if result.load_ms is not None else None,
+            memory={"peak_rss_bytes": None, "source": None, "reason": "executor_runner reports no memory use"},
+            delegation=delegation,
+            problems=problems,
+            warnings=warnings,
+            output_check={"status": "not_checked", "reason": "executor_runner runs all-ones inputs"},
+            timer="executor_runner",
+        )
+        if "samples_s" in fields:
+            record["samples_s"] = fields["samples_s"]
+        else:
+            record["latency"] = fields["latency"]
+        measured_count = len(fields["samples_s"]) if "samples_s" in fields else fields["latency"]["n"]
+        record["benchmark"].update(timing=fields["timing"], warmup_left_out=fields["warmup_left_out"],
+                                   measured_executions=measured_count,
+                                   threadpool_threads=result.threadpool_threads, tool_errors=result.errors[:10])
+        iterations = [t for t, kind in run.marks if kind == "iteration"]
+        first = max(fields["warmup_left_out"], 1)
+        if len(iterations) == len(result.iterations_ms) == executions and executions > first:
+            window = (iterations[first - 1], iterations[-1], executions - first,
+                      "the measured executions (between executor_runner's `Iteration` lines)")
+        else:
+            window = (run.started, run.ended, result.executions or executions,
+                      "the whole executor_runner process, loading included (no per-execution lines to time it by)")
+        record["energy"] = self._energy_in(policy, window, samples, sampler, idle_watts,
+                                           before.get("battery_status"))
+        if extended:
+            record["energy"]["timing"] = extended
+        return record
+
+    @staticmethod
+    def _pte_delegation(artifact: Artifact) -> tuple[dict[str, Any], str]:
+        """(delegation, provider) of a .pte: counted at export when the artifact carries it (executor_runner
+        reports nothing about delegation)."""
+        counted = (getattr(artifact, "meta", None) or {}).get("delegation")
+        if not isinstance(counted, dict) or counted.get("delegated") is None:
+            return ({"delegate": "xnnpack", "delegated_nodes": None, "total_nodes": None, "partitions": None,
+                     "ran_nothing": False, "source": "lowered with XNNPACK's partitioner at export; executor_runner "
+                                                     "reports nothing about delegation"}, "xnnpack")
+        delegated, left = int(counted["delegated"]), int(counted.get("not_delegated") or 0)
+        delegation = {"delegate": "xnnpack", "delegated_nodes": delegated, "total_nodes": delegated + left,
+                      "partitions": counted.get("delegated_subgraphs"), "ran_nothing": delegated == 0,
+                      "source": "counted at export (the lowered graph)"}
+        return delegation, "xnnpack" if left == 0 else ("portable" if delegated == 0 else "xnnpack+portable")
+
+    def _runner_probe(self, artifact: Artifact, seconds: float) -> tuple[dict[str, Any] | None, str]:
+        """The phone's speed now for executorch batches: the probe's .pte timed by the same executor_runner."""
+        if self._runner is None:
+            return None, self._runner_error or "no executor_runner"
+        remote_model = self._push_model(artifact)
+        warmup, measured = 2, 20
+        timeout = 120.0 + 10.0 * seconds
+        run = self._run_runner(remote_model, warmup + measured, 1, timeout)
+        failed = self._runner_failure(run, timeout)
+        if failed is not None:
+            return None, f"executor_runner on the probe model: {failed[0]}"
+        kernel = f"executor_runner {PROBE_WORKLOAD} (fp32, 1 thread) (v1)"
+        rounds = len(run.result.iterations_ms[warmup:]) or (run.result.executions or 0)
+        return {"kernel": kernel, "identity": f"{kernel} | executor_runner sha256 {(self._runner_sha256 or '?')[:16]}",
+                "median_s": per_run_estimate(run.result, warmup), "rounds": rounds,
+                "statistic": "median" if run.result.iterations_ms else "mean"}, ""
+
     def _reference_probe(self, artifact: Artifact, seconds: float) -> tuple[dict[str, Any] | None, str]:
         """The phone's speed now: a fixed small model timed by the same benchmark_model, one thread.
+
+        A batch's probe artifact is in its backend's format: an executorch batch's is a .pte, timed
+        by executor_runner instead (``_runner_probe``); the identity names the tool, so probes of
+        the two are never compared.
 
         It plays the runner's reference probe on a phone: ``compare`` divides each invocation
         by it, so a phone (or a loopback phone's host) slower tonight is not read as a
         regression.  Its identity names the model and the binary's sha256: a new binary's
         probes are not compared with the old one's.
         """
-        assert self._binary is not None
+        if artifact.format == "pte":
+            return self._runner_probe(artifact, seconds)
+        if self._binary is None:
+            return None, self._binary_error or "no benchmark_model"
         remote_model = self._push_model(artifact)
         probe_job = Job("reference-probe", PROBE_WORKLOAD, self.name, "tflite", 1)
         timing = TimingPolicy(warmup_runs=2, warmup_seconds=0.05, min_runs=5, min_seconds=seconds,
@@ -950,16 +1284,6 @@ class AndroidTransport(Transport):
     def _energy(self, policy: TimingPolicy, result: BenchmarkModelResult, marks: list[tuple[float, str]],
                 samples: list[tuple[float, float]], sampler: BatterySampler | None, started: float, ended: float,
                 idle_watts: float | None, battery_status: str | None) -> dict[str, Any]:
-        if self._energy_unavailable is not None or sampler is None:
-            return {"status": "unavailable", "sensor": None, "reason": self._energy_unavailable}
-        interval = sampler.interval_s()
-        period_ms = (interval or sampler.period_s) * 1e3
-        energy: dict[str, Any] = {"sensor": ENERGY_SENSOR,
-                                  "resolution": f"sampled every {period_ms:.0f} ms {SAMPLED_HOW}",
-                                  "note": ENERGY_NOTE, "units": sampler.units, "samples": len(samples),
-                                  "battery_status": battery_status}
-        if battery_status in ("Charging", "Full"):
-            energy["warning"] = f"the battery reports {battery_status!r}: {ENERGY_NOTE}"
         headers = [t for t, kind in marks if kind == "header"]
         window = None
         if len(headers) >= 2:
@@ -970,6 +1294,22 @@ class AndroidTransport(Transport):
         if window is None:
             runs = (result.warmup.count if result.warmup else 0) + (result.inference.count if result.inference else 0)
             window = (started, ended, runs, "the whole benchmark_model process (no timing lines seen)")
+        return self._energy_in(policy, window, samples, sampler, idle_watts, battery_status)
+
+    def _energy_in(self, policy: TimingPolicy, window: tuple[float, float, int, str],
+                   samples: list[tuple[float, float]], sampler: BatterySampler | None, idle_watts: float | None,
+                   battery_status: str | None) -> dict[str, Any]:
+        """Battery energy over ``window`` = (start, end, inferences in it, what it is)."""
+        if self._energy_unavailable is not None or sampler is None:
+            return {"status": "unavailable", "sensor": None, "reason": self._energy_unavailable}
+        interval = sampler.interval_s()
+        period_ms = (interval or sampler.period_s) * 1e3
+        energy: dict[str, Any] = {"sensor": ENERGY_SENSOR,
+                                  "resolution": f"sampled every {period_ms:.0f} ms {SAMPLED_HOW}",
+                                  "note": ENERGY_NOTE, "units": sampler.units, "samples": len(samples),
+                                  "battery_status": battery_status}
+        if battery_status in ("Charging", "Full"):
+            energy["warning"] = f"the battery reports {battery_status!r}: {ENERGY_NOTE}"
         t0, t1, runs, what = window
         span = t1 - t0
         energy.update(window_s=span, window=what, inferences=runs)
@@ -1002,9 +1342,19 @@ class AndroidTransport(Transport):
             return {"usable": False, "problems": [str(exc)], "serial": self.serial}
         except AdbError as exc:
             return {"usable": False, "problems": [f"{type(exc).__name__}: {exc}"], "serial": self.serial}
-        problems = [self._binary_error] if self._binary_error else []
-        runtimes = ({"tflite": {"version": self._runtime_version, "benchmark_model": self._binary}}
-                    if self._binary else {"tflite": {"error": self._binary_error}})
+        problems: list[str] = []
+        runtimes: dict[str, Any] = {}
+        if "tflite" in self.backends or self.options.get("benchmark_model"):
+            runtimes["tflite"] = ({"version": self._runtime_version, "benchmark_model": self._binary}
+                                  if self._binary else {"error": self._binary_error})
+            if self._binary_error and "tflite" in self.backends:
+                problems.append(self._binary_error)
+        if "executorch" in self.backends or self.options.get("executor_runner"):
+            flags = sorted(self._runner_flags) if self._runner_flags is not None else None
+            runtimes["executorch"] = ({"version": self._runner_version(), "executor_runner": self._runner,
+                                       "flags": flags} if self._runner else {"error": self._runner_error})
+            if self._runner_error and "executorch" in self.backends:
+                problems.append(self._runner_error)
         if self._energy_unavailable is None:
             energy: dict[str, Any] = {"sensor": ENERGY_SENSOR,
                                       "resolution": f"sampled every ~{SAMPLE_PERIOD_S * 1e3:.0f} ms {SAMPLED_HOW}",
@@ -1023,6 +1373,11 @@ class AndroidTransport(Transport):
 def _validate(options: Mapping[str, Any], fail: Fail) -> None:
     if not options.get("serial"):
         fail("", "adb devices need `serial` (see `adb devices`)")
+    for tool in ("benchmark_model", "executor_runner"):
+        value = options.get(tool)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            fail(tool, f"expected the path of {tool} on this computer (pushed to the phone) or on the phone "
+                       f"(under /data or /system), got {value!r}")
 
 
 TRANSPORT = TransportInfo(
@@ -1032,16 +1387,20 @@ TRANSPORT = TransportInfo(
         "serial": "the phone's serial (see `adb devices`), or HOST:PORT for adb over TCP",
         "adb": "the adb client binary (default adb on PATH)",
         "benchmark_model": "path of TFLite's benchmark_model on the host to push (default: one on the phone)",
+        "executor_runner": "path of ExecuTorch's executor_runner (XNNPACK build) on the host to push, or on the "
+                           "phone: runs the executorch backend",
         "adb_server_port": "port of the adb server (default 5037)",
-        "num_runs": "benchmark_model --num_runs (default: from the timing policy)",
-        "warmup_runs": "benchmark_model --warmup_runs (default: from the timing policy)",
+        "num_runs": "benchmark_model --num_runs; executor_runner measured executions (default: from the timing "
+                    "policy)",
+        "warmup_runs": "benchmark_model --warmup_runs; executor_runner executions left out first (default: from the "
+                       "timing policy)",
         "op_profiling": "also run benchmark_model's per-op profiler (default false)",
     },
     open=lambda device: AndroidTransport.from_device(device),
     probe_workload=PROBE_WORKLOAD,
     default_backends=("tflite",),
-    allowed_backends=("tflite",),
-    allowed_backends_why="run benchmark_model, which runs tflite only",
+    allowed_backends=("tflite", "executorch"),
+    allowed_backends_why="run only tflite (benchmark_model) and executorch (ExecuTorch's executor_runner)",
     delegates=("cpu", "xnnpack", "gpu", "nnapi"),
     default_delegates=("xnnpack",),
     validate=_validate,

@@ -34,6 +34,7 @@ number is the total, and its mean over the N executions is all there is.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -57,7 +58,8 @@ BASE_FLAGS = frozenset({"model_path", "num_executions", "cpu_threads"})
 
 # -- line prefixes -------------------------------------------------------------------------------
 # posix PAL: "%c %02u:%02u:%02u.%06lu executorch:%s:%zu] %s"; some PALs leave the time out.
-_POSIX = re.compile(r"^(?P<level>[DIEF]) (?:\d+:\d\d:\d\d\.\d+ )?executorch:(?P<where>[^\s\]]+)\] ?(?P<msg>.*)$")
+_POSIX = re.compile(r"^(?P<level>[DIEF]) (?:(?P<h>\d+):(?P<m>\d\d):(?P<s>\d\d\.\d+) )?"
+                    r"executorch:(?P<where>[^\s\]]+)\] ?(?P<msg>.*)$")
 _LOGCAT_THREADTIME = re.compile(
     r"^(?:\d{4}-)?\d\d-\d\d\s+\d\d:\d\d:\d\d(?:\.\d+)?\s+(?P<pid>\d+)\s+\d+\s+(?P<level>[VDIWEFA])\s+"
     rf"{LOGCAT_TAG}\s*: ?(?P<msg>.*)$")
@@ -86,6 +88,9 @@ class RunnerResult:
     executions: int | None = None  # N of the total line
     total_ms: float | None = None  # the sum of the N execute() times
     iterations_ms: list[float] = field(default_factory=list)  # one per execution (v1.3 on)
+    # When each Iteration line was logged (seconds since the runner started, the posix PAL's stamp):
+    # their spacing is the loop's wall time per execution, inputs and logging included.
+    iteration_stamps_s: list[float] = field(default_factory=list)
     load_ms: float | None = None  # program load + method setup (v1.3 on)
     threadpool_threads: int | None = None  # what the thread pool was reset to, when the build has one
     method: str | None = None
@@ -117,6 +122,18 @@ def log_message(line: str) -> tuple[str, str, str] | None:
     match = _POSIX.match(line)
     if match:
         return match["level"], match["where"], match["msg"]
+    return _logcat_message(line)
+
+
+def _stamp(line: str) -> float | None:
+    """Seconds since the runner started, from a posix-PAL line's ``HH:MM:SS.uuuuuu``."""
+    match = _POSIX.match(line.rstrip("\r\n"))
+    if match is None or match["h"] is None:
+        return None
+    return int(match["h"]) * 3600 + int(match["m"]) * 60 + float(match["s"])
+
+
+def _logcat_message(line: str) -> tuple[str, str, str] | None:
     for pattern in (_LOGCAT_THREADTIME, _LOGCAT_BRIEF):
         match = pattern.match(line)
         if match:
@@ -149,6 +166,8 @@ def parse_output(text: str, bare: bool = False) -> RunnerResult:
                 result.fatal = message
             continue
         _read_message(message, result)
+        if _ITERATION.match(message) and (stamp := _stamp(line)) is not None:
+            result.iteration_stamps_s.append(stamp)
     return result
 
 
@@ -212,15 +231,18 @@ def runner_argv(binary: str, model: str, executions: int, threads: int, flags: f
     return argv
 
 
-def executions_for(per_run_s: float, num_runs: int, min_seconds: float, max_seconds: float) -> int:
+def executions_for(per_run_s: float, num_runs: int, min_seconds: float, max_seconds: float,
+                   max_runs: int | None = None) -> int:
     """How many measured executions match benchmark_model's rule for a runner that only takes a count.
 
     benchmark_model runs until it did ``num_runs`` and ``min_seconds`` passed, unless
-    ``max_seconds`` passed first; with one execution lasting ``per_run_s`` that is this count.
+    ``max_seconds`` passed first; with one pass of the loop lasting ``per_run_s`` that is this
+    count (never more than ``max_runs``).
     """
     per_run_s = max(per_run_s, 1e-7)
     wanted = max(num_runs, math.ceil(min_seconds / per_run_s))
-    return max(1, min(wanted, math.floor(max_seconds / per_run_s) or 1))
+    count = max(1, min(wanted, math.floor(max_seconds / per_run_s) or 1))
+    return min(count, max_runs) if max_runs else count
 
 
 def per_run_estimate(result: RunnerResult, warmup: int) -> float | None:
@@ -231,6 +253,15 @@ def per_run_estimate(result: RunnerResult, warmup: int) -> float | None:
         return ordered[len(ordered) // 2] * 1e-3
     mean = result.mean_ms
     return mean * 1e-3 if mean is not None else None
+
+
+def loop_seconds_per_execution(result: RunnerResult, warmup: int) -> float | None:
+    """The runner's loop time per execution (inputs, execute, logging), from the stamps of its
+    Iteration lines; None without at least two measured ones."""
+    stamps = result.iteration_stamps_s[warmup:] if len(result.iteration_stamps_s) > warmup + 1 \
+        else result.iteration_stamps_s
+    gaps = sorted(b - a for a, b in itertools.pairwise(stamps))
+    return gaps[len(gaps) // 2] if gaps else None
 
 
 def latency_fields(result: RunnerResult, warmup: int) -> dict[str, Any]:
