@@ -56,6 +56,17 @@ def phone(handle: ConnectedDevice, server: AdbServer, **fields: object) -> dict[
     return entry
 
 
+def runner_on_device(handle: ConnectedDevice, name: str, env: str) -> str:
+    """The stand-in installed on the phone behind a wrapper that sets ``env``: its path on the phone."""
+    tools = handle.root / "data/local/tmp/tools"
+    tools.mkdir(parents=True, exist_ok=True)
+    (tools / "standin.py").write_bytes(RUNNER_STANDIN.read_bytes())
+    wrapper = tools / name
+    wrapper.write_text(f"#!/bin/sh\n{env} exec /system/bin/python3 /data/local/tmp/tools/standin.py \"$@\"\n")
+    wrapper.chmod(0o755)
+    return f"/data/local/tmp/tools/{name}"
+
+
 def et_transport(tmp_path: Path, entry: dict[str, object], name: str = "devices.yaml") -> AndroidTransport:
     return AndroidTransport.from_device(load_devices(write_devices(tmp_path / name, entry))["phone"])
 
@@ -134,22 +145,16 @@ def test_executorch_failures_are_per_job_and_say_what_to_do(adb_device: Connecte
     assert gpu["status"] == "error" and "delegate 'gpu' does not apply to it" in gpu["error"]
 
     # A Release build without logging prints no time: the error says how to rebuild it.
-    tools = adb_device.root / "data/local/tmp/tools"
-    tools.mkdir(parents=True)
-    (tools / "standin.py").write_bytes(RUNNER_STANDIN.read_bytes())
-    quiet = tools / "quiet_runner"
-    quiet.write_text("#!/bin/sh\nCONVBENCH_EXECUTOR_RUNNER_LOGGING=off exec /system/bin/python3 "
-                     "/data/local/tmp/tools/standin.py \"$@\"\n")
-    quiet.chmod(0o755)
+    quiet = runner_on_device(adb_device, "quiet_runner", "CONVBENCH_EXECUTOR_RUNNER_LOGGING=off")
     silent = et_transport(tmp_path, phone(adb_device, adb_server, energy={"sensor": "none"}, num_runs=2,
-                                          executor_runner="/data/local/tmp/tools/quiet_runner"), "quiet.yaml")
+                                          executor_runner=quiet), "quiet.yaml")
     (record,) = run_executorch(silent, {SMALL: good}, fixed)
     assert record["status"] == "error" and record["benchmark"]["binary"] == "/data/local/tmp/tools/quiet_runner"
     assert "printed no time: it printed no log line" in record["error"]
     assert "-DEXECUTORCH_ENABLE_LOGGING=ON" in record["error"]
 
     # A binary the phone cannot execute (here: an interpreter it lacks, as a wrong-ABI build fails).
-    foreign = tools / "foreign_runner"
+    foreign = adb_device.root / "data/local/tmp/tools/foreign_runner"
     foreign.write_text("#!/system/bin/no-such-loader\n")
     foreign.chmod(0o755)
     wrong = et_transport(tmp_path, phone(adb_device, adb_server, energy={"sensor": "none"},
@@ -172,3 +177,26 @@ def test_executorch_failures_are_per_job_and_say_what_to_do(adb_device: Connecte
     runtimes = transport.check()["runtimes"]
     assert runtimes["executorch"]["executor_runner"] == "/data/local/tmp/convbench/executor_runner"
     assert "num_executions" in runtimes["executorch"]["flags"] and "tflite" not in runtimes
+
+
+@rig
+@pytest.mark.slow
+def test_a_runner_logging_to_logcat_is_read_from_logcat(adb_device: ConnectedDevice, adb_server: AdbServer,
+                                                        tmp_path: Path) -> None:
+    """A build of ExecuTorch's `android` preset prints nothing: its times are in logcat (tag ExecuTorch),
+    read back for the runner's pid."""
+    require_executorch()
+    runner = runner_on_device(adb_device, "logcat_runner", "CONVBENCH_EXECUTOR_RUNNER_PAL=android")
+    transport = et_transport(tmp_path, phone(adb_device, adb_server, executor_runner=runner, num_runs=5,
+                                             warmup_runs=1))
+    fixed = TimingPolicy(warmup_runs=1, warmup_seconds=0.0, min_runs=5, min_seconds=0.05, max_seconds=0.3)
+    (record,) = run_executorch(transport, {SMALL: pte(SMALL)}, fixed)
+    assert record["status"] == "ok", record.get("error")
+    bench = record["benchmark"]
+    assert bench["log_source"] == "logcat" and bench["executions"] == 6 and bench["threadpool_threads"] == 1
+    assert record["latency"]["n"] == 5 and record["latency"]["statistic"] == "median of per-call times"
+    assert record["load_s"] > 0
+    # No line to time the loop by on this computer: the energy window is the whole process, and says so.
+    assert record["energy"]["window"].startswith("the whole executor_runner process, loading included")
+    logged = (adb_device.root / "data/misc/logcat").read_text().splitlines()
+    assert any(" I ExecuTorch: Model executed successfully 6 time(s) in " in line for line in logged)

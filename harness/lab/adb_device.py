@@ -152,6 +152,44 @@ awk -v key="$1" -v dflt="$2" '
 PYTHON_WRAPPER = """#!/bin/sh
 exec {python} "$@"
 """
+# Where the device's programs "log" (threadtime lines, appended): the loopback logd.
+LOGCAT_FILE = "/data/misc/logcat"
+LOGCAT_SCRIPT = r"""#!/system/bin/python3
+# logcat for the loopback device: -d prints the threadtime lines programs appended to
+# /data/misc/logcat (``MM-DD HH:MM:SS.mmm  PID  TID L TAG: message``), --pid=N keeps one
+# process's, -s TAG[:LEVEL] ... keeps those tags; -c empties it.  Nothing else is kept.
+import re
+import sys
+
+args = sys.argv[1:]
+pid = None
+tags = set()
+silent = False
+i = 0
+while i < len(args):
+    arg = args[i]
+    i += 1
+    if arg.startswith("--pid="):
+        pid = arg.split("=", 1)[1]
+    elif arg == "-c":
+        open("/data/misc/logcat", "w").close()
+        sys.exit(0)
+    elif arg == "-v":
+        i += 1
+    elif arg == "-s":
+        silent = True
+    elif silent and not arg.startswith("-"):
+        tags.add(arg.split(":", 1)[0])
+try:
+    lines = open("/data/misc/logcat").read().splitlines()
+except OSError:
+    lines = []
+line_re = re.compile(r"^\S+ \S+\s+(\d+)\s+\d+ \w (\S+?)\s*:")
+for line in lines:
+    m = line_re.match(line)
+    if m and (pid is None or m.group(1) == pid) and (not tags or m.group(2) in tags):
+        print(line)
+"""
 
 
 class ProtocolError(RuntimeError):
@@ -508,6 +546,9 @@ class LoopbackAdbDevice:
         getprop = self.root / "system/bin/getprop"
         getprop.write_text(GETPROP_SCRIPT)
         getprop.chmod(0o755)
+        logcat = self.root / "system/bin/logcat"
+        logcat.write_text(LOGCAT_SCRIPT)
+        logcat.chmod(0o755)
         wrapper = self.root / "system/bin/python3"
         wrapper.write_text(PYTHON_WRAPPER.format(python=os.path.abspath(self.python)))
         wrapper.chmod(0o755)

@@ -18,6 +18,9 @@ model file`` (exit 1) for a file that is not a program.
 
 ``CONVBENCH_EXECUTOR_RUNNER_LOGGING=off`` makes it a Release build without logging: no log line,
 only the output tensors (what ExecuTorch issue 15547 shows on a phone).
+``CONVBENCH_EXECUTOR_RUNNER_PAL=android`` makes it a build of ExecuTorch's ``android`` preset,
+whose PAL sends the bare message to logcat (tag ``ExecuTorch``): on the loopback phone, lines
+appended to /data/misc/logcat in logcat's ``threadtime`` format, which its ``logcat`` prints.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import time
 START = time.monotonic()
 FILE = "executor_runner.cpp"
 LOGGING = os.environ.get("CONVBENCH_EXECUTOR_RUNNER_LOGGING", "on") != "off"
+ANDROID_PAL = os.environ.get("CONVBENCH_EXECUTOR_RUNNER_PAL", "posix") == "android"
+LOGCAT_FILE = "/data/misc/logcat"
 
 # name -> (gflags type, default, description): the flags of executor_runner.cpp this stand-in has.
 FLAGS: dict[str, tuple[str, object, str]] = {
@@ -48,6 +53,13 @@ _ERR = sys.stderr
 def log(level: str, line: int, message: str, source: str = FILE) -> None:
     """ET_LOG through the posix PAL: ``%c %02u:%02u:%02u.%06lu executorch:%s:%zu] %s`` on stderr."""
     if not LOGGING:
+        return
+    if ANDROID_PAL:  # __android_log_print(level, "ExecuTorch", "%s", message)
+        now = time.time()
+        stamp = time.strftime("%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+        os.makedirs(os.path.dirname(LOGCAT_FILE), exist_ok=True)
+        with open(LOGCAT_FILE, "a") as logd:
+            logd.write(f"{stamp} {os.getpid():5d} {os.getpid():5d} {level} ExecuTorch: {message}\n")
         return
     us = int((time.monotonic() - START) * 1e6)
     seconds, micro = divmod(us, 1_000_000)

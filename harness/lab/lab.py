@@ -303,6 +303,9 @@ class Lab:
                 "transport": "adb", "serial": self.phone.serial, "adb": shutil.which("adb"),
                 "adb_server_port": state.adb_server_port,
                 "benchmark_model": str(Path(package.__file__).with_name("benchmark_model_standin.py")),
+                # ExecuTorch's executor_runner, as a stand-in running the .pte with ExecuTorch's Python
+                # runtime: add `executorch` to backends (or copy the entry) to measure that backend here.
+                "executor_runner": str(Path(package.__file__).with_name("executor_runner_standin.py")),
                 "backends": ["tflite"], "delegates": ["xnnpack"], "threads": [1],
                 # The loopback phone's battery files hold constants, not readings: no energy figures.
                 "energy": {"sensor": "none"},
