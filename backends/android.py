@@ -1104,8 +1104,8 @@ class AndroidTransport(Transport):
         per_run: float | None = None
         extended = None
         if self.options.get("num_runs") is None:
-            # A count, not a time: a short pilot run times one execution, then the count is chosen the way
-            # benchmark_model stops (at least num_runs, at least --min-time, at most --max-time).
+            # A count, not a time: a short pilot run (warm-up + 5 executions) times the loop, then the count is
+            # chosen the way benchmark_model stops (at least num_runs, at least --min-time, at most --max-time).
             pilot_executions = warmup + 5
             pilot_timeout = benchmark_timeout(timing)
             pilot = self._run_runner(remote_model, pilot_executions, job.threads, pilot_timeout)

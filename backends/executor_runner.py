@@ -288,8 +288,8 @@ def latency_fields(result: RunnerResult, warmup: int) -> dict[str, Any]:
             "timing": f"the total of {executions} executions printed by executor_runner (`Model executed "
                       f"successfully {executions} time(s) in X ms`), divided by {executions}: {timer}; this "
                       "build prints no per-execution times (ExecuTorch >= 1.3 does), so there are no per-run "
-                      "samples (no median, spread or confidence interval) and the first executions, the warm-up, "
-                      "are in the mean"}
+                      "samples (no median, spread or confidence interval), and no execution is left out as a "
+                      "warm-up: the first, cold ones are in the mean"}
 
 
 def diagnose(result: RunnerResult, code: int | None, text: str, binary: str) -> str | None:
