@@ -100,6 +100,7 @@ class RunnerSession:
         record["runtime"] = self.hello.get("runtime")
         record["runtime_version"] = self.hello.get("runtime_version")
         record["device_fingerprint"] = self.hello.get("fingerprint")
+        record.update(artifact_facts(item.artifact))
         if not doc.get("error"):
             # Checked here, while the output file exists: records leave the transport checked.
             try:
@@ -126,6 +127,21 @@ class RunnerSession:
 
     def remaining(self) -> list[PlanItem]:
         return [i for i in self.items if i.job.job_id not in self.done]
+
+
+# What an exporter found out about its artifact (harness/exporters: Exported.meta, stored in the
+# artifact's meta.json) that every record of that artifact carries: ExecuTorch's ``delegation``
+# (ops XNNPACK runs vs ops left to ExecuTorch's portable kernels).
+ARTIFACT_FACTS = ("delegation",)
+
+
+def artifact_facts(artifact: Artifact) -> dict[str, Any]:
+    """The ``ARTIFACT_FACTS`` of an artifact's meta.json (on the host, beside the artifact); {} when absent."""
+    try:
+        meta = json.loads((Path(artifact.path).parent / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {key: meta[key] for key in ARTIFACT_FACTS if isinstance(meta, dict) and key in meta}
 
 
 def parse_check(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """The device-side library: one runner for every device, shipped as one file.
 
-Standard library, numpy and the one runtime it drives (torch, onnxruntime or a TFLite
-interpreter); no other convbench import; Python 3.9+, so it runs on any board.  Transports
-ship it as a zipapp (``zipapp_path()``: ``runner.pyz``, built from this package and cached
-by content); the host imports the same pure functions from here instead of copying them
-(order statistics, power units and integration, sensors, fingerprint, sha256, the timed loop).
+Standard library, numpy and the one runtime it drives (torch, torch.compile, onnxruntime, a
+TFLite interpreter, LiteRT's CompiledModel or ExecuTorch); no other convbench import; Python
+3.9+, so it runs on any board.  Transports ship it as a zipapp (``zipapp_path()``:
+``runner.pyz``, built from this package and cached by content); the host imports the same
+pure functions from here instead of copying them (order statistics, power units and
+integration, sensors, fingerprint, sha256, the timed loop).
 
 Modules: ``timing`` (the timed loop), ``runtimes``, ``energy`` (sensors, one unit rule),
 ``memory``, ``state`` (thermal, cpufreq, other processes' CPU), ``cooldown`` (waiting for a hot

@@ -6,9 +6,10 @@ import platform
 from .files import _read
 from .state import read_cpufreq
 
-RUNNER_VERSION = 7  # 3: reference probe in every invocation; 4: cool-down waits, with status lines;
+RUNNER_VERSION = 8  # 3: reference probe in every invocation; 4: cool-down waits, with status lines;
 # 5: own CPU time from times(2) (qemu-user fakes /proc/self/stat); 6: op_profile after each item;
-# 7: op_profile only when the policy asks for it
+# 7: op_profile only when the policy asks for it; 8: runtimes torch-compile (compile_s), litert (CompiledModel),
+# executorch; runtime warnings in the result
 
 
 def _cpu_model():

@@ -19,6 +19,9 @@ is its own model's (no earlier model still resident), and ``baseline_rss_bytes``
 process's footprint once the runtime is imported and before the model is loaded
 (interpreter + numpy + runtime).
 
+Compile: a runtime that compiles the model (torch-compile) does it inside ``load``, with the
+first call that triggers it; ``compile_s`` is that time (also inside ``load_s``), never timed.
+
 Op profile: after an item is measured (and its memory and output taken), a runtime with a
 profiler of its own runs a short profiled loop and reports ``op_profile`` (time per op type
 and per layer type, see ``runtimes.summarise_ops``) and ``op_profile_total_s`` when the policy's
@@ -112,6 +115,7 @@ def measure_item(runtime, item, plan):
         start = time.perf_counter_ns()
         call = runtime.load(item["model"], input_array)
         result["load_s"] = (time.perf_counter_ns() - start) / 1e9
+        result["compile_s"] = runtime.compile_s  # inside load_s; None unless the runtime compiles (torch-compile)
         cuda_timer = runtime.make_cuda_timer() if runtime.timer == "cuda_events" else None
         energy_spec = dict(plan.get("energy") or {"sensor": "auto"})
         if runtime.device == "cuda" and energy_spec.get("sensor", "auto") == "auto":
@@ -126,6 +130,8 @@ def measure_item(runtime, item, plan):
         result["timer"] = runtime.timer
         result["timer_covers"] = runtime.timer_covers
         result["provider"] = runtime.provider
+        if getattr(runtime, "warnings", None):
+            result["warnings"] = list(runtime.warnings)
         peak = peak_rss_bytes()
         result["memory"] = {
             "peak_rss_bytes": peak,
