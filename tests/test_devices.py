@@ -78,8 +78,8 @@ def test_bad_yaml_and_shape(tmp_path):
         load_devices(tmp_path / "missing.yaml")
 
 
-def test_adb_devices_run_tflite_only(tmp_path):
-    with pytest.raises(DevicesFileError, match="runs tflite only"):
+def test_adb_devices_run_tflite_and_executorch_only(tmp_path):
+    with pytest.raises(DevicesFileError, match=r"run only tflite \(benchmark_model\) and executorch"):
         load_devices(write(tmp_path, "devices:\n  - {name: p, transport: adb, serial: x, backends: [torch]}\n"))
 
 
@@ -106,7 +106,8 @@ def test_each_device_says_what_it_runs_and_what_it_skips(tmp_path):
     devices = load_devices(path)
     here, phone = plan.device_lines([devices["here"], devices["phone"]], ["onnxruntime", "tflite"])
     assert here.startswith("here: onnxruntime; skips tflite (not among its backends in ")
-    assert phone == "phone: tflite; skips onnxruntime (adb devices run benchmark_model, which runs tflite only)"
+    assert phone == ("phone: tflite; skips onnxruntime (adb devices run only tflite (benchmark_model) and "
+                     "executorch (ExecuTorch's executor_runner))")
 
 
 def test_tables_are_not_cut_when_stdout_is_not_a_terminal(tmp_path):
