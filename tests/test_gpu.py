@@ -46,3 +46,22 @@ def test_torch_cuda_without_cuda_is_a_clear_error():
         pytest.skip("CUDA present: covered by the test above")
     record = _run("torch-cuda", "torch")
     assert record["status"] == "error" and "CUDA" in record["error"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_torch_compile_cuda_times_with_events_and_keeps_compile_time_apart():
+    record = _run("torch-compile-cuda", "torch")
+    assert record["status"] == "ok", record.get("error")
+    assert record["timer"] == "cuda_events" and record["provider"] == "cuda"
+    assert record["runtime"] == "torch-compile" and 0 < record["compile_s"] <= record["load_s"]
+    assert max(record["samples_s"]) < record["compile_s"]
+    assert record["memory"]["gpu_peak_bytes"] > 0
+    assert record["output_check"]["status"] == "match"
+
+
+def test_torch_compile_cuda_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: covered by the test above")
+    record = _run("torch-compile-cuda", "torch")
+    assert record["status"] == "error" and "CUDA" in record["error"]
+    assert "compile_s" not in record  # nothing was compiled
