@@ -110,8 +110,9 @@ def make_jobs(devices: list[Device], selection: Selection) -> list[Job]:
         delegates: list[str | None] = (list(device.delegates) if transport(device.transport).delegates
                                        else [None])
         for backend in backends:
+            allowed = BACKENDS[backend].delegates
             for thread_count in threads:
-                for delegate in delegates:
+                for delegate in [d for d in delegates if d is None or allowed is None or d in allowed]:
                     for workload_id in runnable_workloads(backend, selection.workload_ids):
                         tag = f"{backend}-{delegate}" if delegate else backend
                         job_id = f"{device.name}/{tag}/t{thread_count}/{workload_id}"

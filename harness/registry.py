@@ -46,6 +46,8 @@ class Backend:
     extra: str  # the pyproject extra that installs them ("core": always installed)
     precisions: tuple[str, ...] = ("fp32",)  # workload precisions it runs ("int8": the -int8 ids)
     label: str = ""  # how reports describe it, when its name alone could mislead
+    # The transport delegates (Android: xnnpack, gpu, nnapi) it can run with; None: every one.
+    delegates: tuple[str, ...] | None = None
 
     def install_hint(self) -> str:
         return "pip install convbench" if self.extra == "core" else f"pip install 'convbench[{self.extra}]'"
@@ -80,7 +82,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("litert", "tflite", "litert", "cpu", ("ai_edge_litert",), "tflite", ("fp32", "int8"),
             label="LiteRT CompiledModel"),
     Backend("executorch", "pte", "executorch", "cpu", ("executorch",), "executorch", ("fp32", "int8"),
-            label="ExecuTorch (XNNPACK)"),
+            label="ExecuTorch (XNNPACK)", delegates=("xnnpack",)),  # lowered to XNNPACK at export
 )}
 
 

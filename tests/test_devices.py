@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from harness import plan
 from harness.cli import main
 from harness.devices import DevicesFileError, load_devices
 
@@ -144,3 +145,11 @@ def test_machine_field_groups_devices_and_thermal_typos_are_errors(tmp_path):
     message = str(err.value)
     assert "devices.yaml:4" in message and "machine" in message
     assert "devices.yaml:5" in message and "thermal.cooldown" in message and "cooldown_c" in message
+
+
+def test_executorch_jobs_only_for_the_delegate_it_was_lowered_to(tmp_path):
+    devices = load_devices(write(tmp_path, "devices:\n  - {name: p, transport: adb, serial: x, "
+                                           "backends: [tflite, executorch], delegates: [xnnpack, gpu]}\n"))
+    jobs = plan.make_jobs([devices["p"]], plan.Selection(["conv-standard-M8-N8-k3-x8-s1"], None, [1]))
+    assert sorted((j.backend, j.delegate) for j in jobs) == [
+        ("executorch", "xnnpack"), ("tflite", "gpu"), ("tflite", "xnnpack")]
