@@ -29,23 +29,26 @@ from harness.measure.stats import summarize
 OUTPUT_RTOL = 1e-4
 # An int8 workload's output is compared with PyTorch's fp32 output by direction (cosine
 # similarity of the flattened outputs), as int8 rounding moves every element a little.
-# A single layer (one or two quantized convolutions) measured a cosine of 0.9997 or more on
-# onnxruntime and TFLite; 0.99 still rejects any wrong output (a permuted feature map scores
-# about 0.3, another workload's output about 0).
+# A single layer (conv, depthwise, pointwise, separable, fully connected) measured 0.9996 or
+# more on onnxruntime and TFLite; 0.99 still rejects any wrong output (a permuted feature map
+# scores about 0.3, another workload's output about 0).
 INT8_MIN_COSINE_LAYER = 0.99
-# Whole networks measured 0.960-0.999 (MobileNet v1, its standard-conv twin, v2 and v3, both
-# formats, the seeded input and 16 other inputs): convbench's networks have random (seeded)
-# weights, and such networks amplify a perturbation layer after layer (noise added at the
-# input at 40 dB SNR leaves v1/v2/v3 at 16-25 dB), so each layer's int8 rounding (about
-# 38 dB) ends at 13-20 dB.  0.9 leaves room for other widths and resolutions; another network's
-# output or a permuted one scores within 0.06 of 0.
-INT8_MIN_COSINE_NETWORK = 0.9
-# Top-1 of a classifier: the reference's top class must be the int8 output's top class, or
-# within this many int8 steps of it (one step: the output's range / 255, the resolution of
-# the int8 tensor the output is dequantized from).  Closer than that, int8 cannot order the
-# two classes: the MobileNet v1 reference's two top logits differ by 0.2 steps, and the v1
-# twin's TFLite output puts the reference's top class exactly level with another.
-INT8_TOP1_STEPS = 1.0
+# Whole networks measured 0.926-0.999 on the seeded input and 0.896-0.999 on 16 other inputs
+# (MobileNet v1 at 0.25/128 to 1.0/224, its standard-conv twin, v2 at 0.35/1.0/1.4, v3 large
+# and small; both formats).  convbench's networks have random (seeded) weights, and such
+# networks amplify a perturbation layer after layer (noise added at the input at 40 dB SNR
+# leaves v1/v2/v3 at 16-25 dB), so each layer's int8 rounding (about 38 dB) ends at 10-20 dB,
+# worst for the narrowest.  Another network's output or a permuted one scores within 0.06 of 0.
+INT8_MIN_COSINE_NETWORK = 0.85
+# Top-1 of a classifier.  With random weights the 1000 logits often have near-tied leaders, so
+# a correct int8 output can put another class on top: on 16 other inputs the reference's top
+# class fell to rank 2-18 in 0 to 11 of the 16 (none for v2 1.0), and on the seeded input it
+# did for v1 0.25/128 (onnx), v1 0.5/160 and v2 1.4 (never for the quick suite's four
+# networks), always within 5.0 times the output's own rms error of the output's top.  The
+# check fails a classifier whose reference top class lies further below the output's top than
+# this many rms errors: near-tied classes pass, a class pushed up on its own (one corrupted
+# logit, which barely moves the cosine) does not.  top1_agrees records the strict agreement.
+INT8_TOP1_MAX_GAP = 8.0
 # Other processes using more than this many cores during a job make its timing suspect.
 BUSY_CORES = 0.25
 _FINGERPRINT_KEYS = ("machine", "cpu_model", "board_model", "cores", "memory_bytes", "os", "emulated")
@@ -106,9 +109,9 @@ class OutputCheck:
     rule: str | None = None  # "int8" for an int8 workload (None: the fp32 max-abs rule)
     cosine: float | None = None  # int8: of the flattened output and reference
     min_cosine: float | None = None
-    top1_agrees: bool | None = None  # int8 classifier: the reference's top class is the output's top class
-    top1_gap_steps: float | None = None  # how far below the output's top the reference's top class is
-    max_top1_gap_steps: float | None = None
+    top1_agrees: bool | None = None  # int8 classifier: the reference's top class is the output's top (ties count)
+    top1_gap: float | None = None  # how far it is below the output's top, in rms errors of the output
+    max_top1_gap: float | None = None
 
 
 @dataclass
@@ -287,8 +290,8 @@ def _is_network(workload_id: str) -> bool:
 def check_int8_output(output: Any, reference: Any, network: bool) -> dict[str, Any]:
     """An int8 output against the fp32 reference: cosine, and top-1 for a network's classifier output.
 
-    The output's top-1 agrees when the reference's top class is within ``INT8_TOP1_STEPS``
-    int8 steps of the output's largest value (a tie in int8 counts as agreement).
+    ``top1_gap`` is how far below the output's largest logit the reference's top class is, in
+    units of the output's rms error against the reference (0: it is the output's top class).
     """
     import numpy as np
 
@@ -301,18 +304,23 @@ def check_int8_output(output: Any, reference: Any, network: bool) -> dict[str, A
     cosine = _cosine(out, ref)
     check["cosine"] = cosine
     problems = [] if cosine >= min_cosine else [f"cosine {cosine:.4f} < {min_cosine}"]
+    notes = []
     if network and np.ndim(reference) == 2 and np.shape(reference)[0] == 1 and ref.size > 1:
-        top = int(np.argmax(ref))
-        step = (out.max() - out.min()) / 255 or 1.0
-        gap = float((out.max() - out[top]) / step)
-        check.update(top1_agrees=gap <= INT8_TOP1_STEPS, top1_gap_steps=gap,
-                     max_top1_gap_steps=INT8_TOP1_STEPS)
-        if gap > INT8_TOP1_STEPS:
-            problems.append(f"top-1 differs: the reference's class {top} is {gap:.1f} int8 steps "
-                            f"below the output's class {int(np.argmax(out))}")
+        top, out_top = int(np.argmax(ref)), int(np.argmax(out))
+        below = float(out.max() - out[top])
+        error = float(np.sqrt(np.mean((out - ref) ** 2)))
+        gap = below / error if below > 0 else 0.0
+        check.update(top1_agrees=below == 0, top1_gap=gap, max_top1_gap=INT8_TOP1_MAX_GAP)
+        if below > 0:
+            words = (f"top-1 differs: the reference's class {top} is {gap:.1f} rms errors below "
+                     f"the output's class {out_top}")
+            if gap > INT8_TOP1_MAX_GAP:
+                problems.append(words)
+            else:
+                notes.append(words + f" (within {INT8_TOP1_MAX_GAP:g}: near-tied reference logits)")
     check["status"] = "mismatch" if problems else "match"
-    if problems:
-        check["reason"] = "; ".join(problems)
+    if problems or notes:
+        check["reason"] = "; ".join(problems + notes)
     return check
 
 
