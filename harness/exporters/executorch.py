@@ -18,6 +18,14 @@ from typing import Any
 
 from harness.exporters import Exported, PrecisionNotSupported
 
+INT8_RECIPE = {
+    "tool": "executorch XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True), "
+            "torchao prepare_pt2e/convert_pt2e",
+    "activations": "int8, per tensor, asymmetric",
+    "weights": "int8, per output channel, symmetric ([-127, 127])",
+    "calibration": "histogram (activations), min/max (weights)",
+    "batch_norm": "folded into the convolution before quantizing",
+}
 PLUMBING = frozenset({"getitem"})  # graph nodes that are not ops: left out of the delegation counts
 
 
@@ -32,8 +40,7 @@ def export(module: Any, example: Any, reference: Any, path: Path, precision: str
     meta: dict[str, Any] = {}
     if precision == "int8":
         module = _quantize(module, example, calibration)
-        meta["quantization"] = {"scheme": "pt2e static, XNNPACKQuantizer symmetric, per-channel weights",
-                                "calibration_samples": len(calibration)}
+        meta["quantization"] = {**INT8_RECIPE, "calibration_samples": len(calibration)}
     program = torch.export.export(module, (example,))
     lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     meta["delegation"] = delegation_summary(lowered.exported_program().graph_module)
