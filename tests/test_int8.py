@@ -15,7 +15,7 @@ import pytest
 
 from backends.base import Job, TimingPolicy
 from backends.local import LocalTransport
-from harness.artifacts import get_artifact
+from harness.artifacts import artifact_for, get_artifact
 from harness.records import (
     INT8_MIN_COSINE_LAYER,
     INT8_MIN_COSINE_NETWORK,
@@ -39,8 +39,6 @@ def int8(workload_id: str) -> str:
 
 def run_local(backend: str, workload_id: str) -> dict:
     """One job through the real runner subprocess; the record as the store would write it."""
-    from harness.artifacts import artifact_for
-
     artifacts = {workload_id: artifact_for(workload_id, backend)}
     records: list[dict] = []
     job = Job(f"local/{backend}/t1/{workload_id}", workload_id, "local", backend, 1)
@@ -128,6 +126,18 @@ def assert_tflite_int8(path, convs: int) -> None:
     assert sum(conv_ops.values()) == convs and all(k[1:] == ("int8", "int8") for k in conv_ops)
     float_ops = [k for k in ops if k[0] not in ("QUANTIZE", "DEQUANTIZE") and "float32" in k[1:]]
     assert not float_ops, float_ops  # fully int8 between the input's QUANTIZE and the output's DEQUANTIZE
+    assert xnnpack_takes_the_whole_graph(path)  # so the int8 ops run on XNNPACK's QS8 kernels
+
+
+def xnnpack_takes_the_whole_graph(path) -> bool:
+    """One XNNPACK partition (the tflite backend's default delegate) from the model's input to its output."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = Interpreter(model_path=str(path), num_threads=1)
+    model.allocate_tensors()
+    partitions = [op for op in model._get_ops_details() if op["op_name"] == "DELEGATE"]
+    return (len(partitions) == 1 and model.get_input_details()[0]["index"] in partitions[0]["inputs"]
+            and model.get_output_details()[0]["index"] in partitions[0]["outputs"])
 
 
 # -- a single layer ---------------------------------------------------------------------
