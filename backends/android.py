@@ -1204,7 +1204,9 @@ class AndroidTransport(Transport):
     def _pte_delegation(artifact: Artifact) -> tuple[dict[str, Any], str]:
         """(delegation, provider) of a .pte: counted at export when the artifact carries it (executor_runner
         reports nothing about delegation)."""
-        counted = (getattr(artifact, "meta", None) or {}).get("delegation")
+        from backends.protocol import artifact_facts
+
+        counted = artifact_facts(artifact).get("delegation")
         if not isinstance(counted, dict) or counted.get("delegated") is None:
             return ({"delegate": "xnnpack", "delegated_nodes": None, "total_nodes": None, "partitions": None,
                      "ran_nothing": False, "source": "lowered with XNNPACK's partitioner at export; executor_runner "

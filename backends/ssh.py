@@ -121,7 +121,7 @@ class SshTransport(Transport):
             session = RunnerSession(self.name, items, on_result, fetch, on_status=on_status)
             plan = make_plan(jobs[0].backend, jobs[0].threads, items, policy, self.sysfs_root, self.energy,
                              self.cooldown)
-            limit = batch_timeout(policy, len(items)) + len(items) * cooldown_wait(self.cooldown)
+            limit = batch_timeout(policy, len(items), jobs[0].backend) + len(items) * cooldown_wait(self.cooldown)
             code, _, stderr = conn.run(self._runner_argv("-"), timeout=limit,
                                        stdin=json.dumps(plan).encode(), on_stdout_line=session.feed)
             if session.remaining():

@@ -362,6 +362,19 @@ def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return info, records
 
 
+def delegated_ops(delegation: Any) -> tuple[int | None, int | None]:
+    """(ops the delegate runs, ops in the graph) of a record's ``delegation``, whichever side counted them:
+    a phone's delegate report (``delegated_nodes``/``total_nodes``) or ExecuTorch's export
+    (``delegated``/``not_delegated``)."""
+    if not isinstance(delegation, dict):
+        return None, None
+    if delegation.get("delegated_nodes") is not None:
+        return delegation["delegated_nodes"], delegation.get("total_nodes")
+    if delegation.get("delegated") is not None:
+        return delegation["delegated"], delegation["delegated"] + (delegation.get("not_delegated") or 0)
+    return None, None
+
+
 def load_frame(runs: Iterable[Path]):
     """A tidy pandas DataFrame, one row per measurement, over one or many runs.
 
@@ -388,6 +401,7 @@ def load_frame(runs: Iterable[Path]):
             row["device_emulated"] = fingerprint.get("emulated")
             row["device_fingerprint_id"] = fingerprint.get("id")
             row["probe_s"] = (record.get("reference_probe") or {}).get("median_s")
+            row["delegated_ops"], row["total_ops"] = delegated_ops(record.get("delegation"))
             row["run_started_at"] = info.get("started_at")
             rows.append(row)
     return pd.DataFrame(rows)

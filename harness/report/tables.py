@@ -235,9 +235,12 @@ def backends_table(frame: pd.DataFrame) -> Table:
     from harness.registry import BACKENDS, FORMATS
 
     table = Table("backends", "Backends in this report",
-                  ["backend", "what runs", "artifact", "precisions measured", "compile s (median)"],
+                  ["backend", "what runs", "artifact", "precisions measured", "compile s (median)",
+                   "ops delegated"],
                   note="compile s: torch.compile's compilation, timed apart from the latency (it happens once "
-                       "per process, before the first timed call).")
+                       "per process, before the first timed call). ops delegated: over every measured workload, "
+                       "the graph's ops its delegate ran (ExecuTorch: counted when lowering to XNNPACK; phones: "
+                       "the delegate's own report); the rest ran on the runtime's reference kernels.")
     if frame.empty or "backend" not in frame:
         return table
     for backend in sorted(frame["backend"].dropna().unique()):
@@ -245,9 +248,13 @@ def backends_table(frame: pd.DataFrame) -> Table:
         rows = frame[frame["backend"] == backend]
         precisions = sorted({"int8" if str(w).endswith("-int8") else "fp32" for w in rows["workload_id"]})
         compile_s = rows["compile_s"].dropna() if "compile_s" in rows else pd.Series(dtype=float)
-        table.rows.append([str(backend), info.label or info.name if info else "",
+        delegated = ""
+        if "total_ops" in rows and rows["total_ops"].notna().any():
+            counted = rows.dropna(subset=["total_ops"]).drop_duplicates("workload_id")
+            delegated = f"{int(counted['delegated_ops'].sum())} of {int(counted['total_ops'].sum())}"
+        table.rows.append([str(backend), (info.label or info.name) if info else "",
                            FORMATS[info.format].filename.split(".")[-1] if info else "", ", ".join(precisions),
-                           f"{compile_s.median():.1f}" if len(compile_s) else ""])
+                           f"{compile_s.median():.1f}" if len(compile_s) else "", delegated])
     return table
 
 
