@@ -144,7 +144,9 @@ def test_store_round_trip_and_torn_line(tmp_path):
 
 
 def test_harness_run_end_to_end(results_dir):
-    result = CliRunner().invoke(main, ["run", "--repeats", "1",
+    # The three classic backends (tests/test_deployed_backends.py runs the others: their imports and
+    # compiles cost half a minute per process).
+    result = CliRunner().invoke(main, ["run", "--repeats", "1", "--backends", "torch,onnxruntime,tflite",
                                        "--workloads", f"{SMALL_STD},{SMALL}", "--max-time", "0.3",
                                        "--min-time", "0.05"])
     assert result.exit_code == 0, result.output

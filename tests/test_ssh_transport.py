@@ -133,7 +133,7 @@ def test_board_killed_mid_run_fails_its_jobs_and_the_run_goes_on(tmp_path, board
 def test_runner_timeout_is_a_job_error(tmp_path, board, results_dir, monkeypatch):
     import backends.ssh as ssh_module
 
-    monkeypatch.setattr(ssh_module, "batch_timeout", lambda policy, items: 1.0)
+    monkeypatch.setattr(ssh_module, "batch_timeout", lambda policy, items, backend=None: 1.0)
     path = devices_file(tmp_path, board)
     result = CliRunner().invoke(main, ["run", "--repeats", "1",
                                        "--devices", "board", "--devices-file", str(path), "--workloads",
