@@ -53,9 +53,20 @@ def definition_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+def exporter_hash(fmt: str) -> str:
+    """Hash of the code that writes this format (a changed int8 recipe must not reuse old artifacts)."""
+    module = FORMATS[fmt].exporter.split(":")[0]
+    folder = Path(__file__).parent / "exporters"
+    digest = hashlib.sha256()
+    for path in (folder / "__init__.py", folder / f"{module.rsplit('.', 1)[-1]}.py"):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def artifact_dir(workload_id: str, fmt: str) -> Path:
     versions = "-".join(f"{d}={_version(d)}" for d in FORMATS[fmt].exporter_dists)
-    key = hashlib.sha256(f"{definition_hash()}|{fmt}|{versions}|opset{ONNX_OPSET}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{definition_hash()}|{exporter_hash(fmt)}|{fmt}|{versions}|opset{ONNX_OPSET}".encode()
+                         ).hexdigest()[:16]
     return cache_root() / "artifacts" / workload_id / f"{fmt}-{key}"
 
 
