@@ -28,7 +28,14 @@ from backends.local import batch_timeout, cooldown_plan, cooldown_wait
 from backends.protocol import PlanItem, RunnerSession, make_plan, parse_check
 from backends.runner import zipapp_path
 from harness.records import ErrorKind
-from harness.registry import Fail, TransportInfo
+from harness.registry import BACKENDS, Fail, TransportInfo
+
+# Seconds one runner process may spend importing its runtime on a board, beyond batch_timeout's
+# minute per item: the runner imports it for its hello and again in each item's fresh process.
+# Measured on the emulated Raspberry Pi 4 (qemu-user): import torch 27 s, torch and
+# executorch.runtime together 72 s; a real Pi 4 takes seconds.
+IMPORT_ALLOWANCE_S = {"torch": 60.0, "torch-compile": 60.0, "executorch": 150.0}
+CHECK_TIMEOUT_S = 300.0  # --check imports every runtime the board has, in one process
 
 
 class SshTransport(Transport):
@@ -121,7 +128,8 @@ class SshTransport(Transport):
             session = RunnerSession(self.name, items, on_result, fetch, on_status=on_status)
             plan = make_plan(jobs[0].backend, jobs[0].threads, items, policy, self.sysfs_root, self.energy,
                              self.cooldown)
-            limit = batch_timeout(policy, len(items), jobs[0].backend) + len(items) * cooldown_wait(self.cooldown)
+            limit = (batch_timeout(policy, len(items), jobs[0].backend) + len(items) * cooldown_wait(self.cooldown)
+                     + (len(items) + 1) * import_allowance(jobs[0].backend))
             code, _, stderr = conn.run(self._runner_argv("-"), timeout=limit,
                                        stdin=json.dumps(plan).encode(), on_stdout_line=session.feed)
             if session.remaining():
@@ -149,7 +157,7 @@ class SshTransport(Transport):
             conn = self._conn()
             self._push_runner(conn)
             options = json.dumps({"sysfs_root": self.sysfs_root, "energy": self.energy})
-            code, out, err = conn.run(self._runner_argv("--check", options), timeout=180)
+            code, out, err = conn.run(self._runner_argv("--check", options), timeout=CHECK_TIMEOUT_S)
         except (DeviceError, SshError) as exc:
             return {"usable": False, "problems": [str(exc)]}
         result = parse_check(code, out.decode(errors="replace"), err.decode(errors="replace"))
@@ -166,6 +174,11 @@ class SshTransport(Transport):
             self._connection.close()
             self._connection = None
         shutil.rmtree(self._local, ignore_errors=True)
+
+
+def import_allowance(backend: str) -> float:
+    runtime = BACKENDS[backend].runtime if backend in BACKENDS else None
+    return IMPORT_ALLOWANCE_S.get(runtime or "", 0.0)
 
 
 _USER_RE = re.compile(r"[A-Za-z0-9_.@][A-Za-z0-9_.@-]*")
