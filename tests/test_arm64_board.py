@@ -248,3 +248,63 @@ def test_board_reads_its_own_sysfs(arm64_board, remote):
     assert remote.check("python3 -c 'import os; print(os.cpu_count())'").strip() == "4"
     # nothing of the host's sysfs leaks in
     assert remote.run("ls /sys/class/net")[0] != 0
+
+
+# ----------------------------------------------------------------------- more backends
+
+def _build_module():
+    import importlib
+
+    return importlib.import_module("harness.lab.arm64_board.build")
+
+
+def test_every_backend_runs_on_the_board_or_is_refused_with_the_reason():
+    from harness.registry import BACKENDS
+
+    build = _build_module()
+    assert build.board_backends("") == []
+    assert build.board_backends("onnxruntime,tflite") == []  # the default image's
+    assert build.board_backends("torch executorch,torch") == ["executorch", "torch"]
+    with pytest.raises(build.BuildError, match="ai-edge-litert"):
+        build.board_backends("litert")
+    with pytest.raises(build.BuildError, match="no CUDA"):
+        build.board_backends("torch-cuda")
+    with pytest.raises(build.BuildError, match="unknown backend"):
+        build.board_backends("tensorrt")
+    # A backend added to the registry must be decided for the board too.
+    undecided = [name for name in BACKENDS if name not in
+                 {*build.BASE_BACKENDS, *build.BACKEND_WHEELS, *build.NOT_ON_BOARD}]
+    assert not undecided, undecided
+    assert build.backends_hash(["executorch"]) != build.backends_hash(["executorch", "torch"])
+
+
+STUB_CALLS = """
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+count = ctypes.c_int(7)
+status = lib.cudaGetDeviceCount(ctypes.byref(count))
+lib.cudaGetErrorString.restype = ctypes.c_char_p
+print(status, count.value, lib.cudaGetErrorString(status).decode(), lib.cudaMalloc(None, 16))
+"""
+
+
+def test_cuda_stand_in_library_says_no_device_on_the_board(remote, tmp_path):
+    """What build.py gives torch for each CUDA library: aarch64, versioned like NVIDIA's, no device."""
+    import shutil
+
+    build = _build_module()
+    if shutil.which("aarch64-linux-gnu-as") is None:
+        pytest.skip("no aarch64 binutils (Debian binutils-aarch64-linux-gnu; build.py --backends torch installs it)")
+    symbols = {"cudaGetDeviceCount": ("libcudart.so.13", "FUNC", 0),
+               "cudaGetErrorString": ("libcudart.so.13", "FUNC", 0),
+               "cudaMalloc": ("libcudart.so.13", "FUNC", 0), "cudaSomeTable": ("", "OBJECT", 24)}
+    build.write_stub_library("libcudart.so.13", symbols, tmp_path)
+    lib = tmp_path / "libcudart.so.13"
+    assert build.elf_needed(lib) == []
+    found = {name: (version, typ, defined) for name, version, typ, _bind, defined, _size in build.elf_symbols(lib)}
+    assert found["cudaGetDeviceCount"] == ("libcudart.so.13", "FUNC", True)
+    assert found["cudaSomeTable"][1:] == ("OBJECT", True)
+    remote.put_bytes(lib.read_bytes(), f"{REMOTE_DIR}/libcudart.so.13")
+    out = run_py(remote, STUB_CALLS, f"{REMOTE_DIR}/libcudart.so.13").split()
+    assert out[:2] == ["100", "0"], out  # cudaErrorNoDevice, no devices
+    assert "no CUDA on this board" in " ".join(out) and out[-1] == "100", out

@@ -9,6 +9,12 @@ Use from a test module::
 starts one board for the session.  When the image cannot be built or the board cannot
 start, the test is skipped with the reason, except under CI (``CI`` set), where it fails:
 CI never silently loses the arm64 coverage.
+
+``arm64_backends_board`` is a second board whose image also runs the backends named in
+``$CONVBENCH_ARM64_BACKENDS`` (e.g. ``executorch,torch``; see build.py).  It is opt-in: without
+that variable its tests are skipped, CI included, since that image costs minutes more to build
+(torch's 427 MB wheel) and every import of torch under emulation costs ~30 s.  The default
+board ignores the variable.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import harness.lab.arm64_board as arm64_board_package
 RIG_DIR = Path(arm64_board_package.__file__).resolve().parent
 BUILD_SCRIPT = RIG_DIR / "build.py"
 BUILD_TIMEOUT_S = 45 * 60
+BACKENDS_ENV = "CONVBENCH_ARM64_BACKENDS"
 
 
 def _load_board_module():
@@ -46,9 +53,13 @@ def unavailable(reason: str):
     pytest.skip(reason)
 
 
-def build_or_reuse_image(log_path: Path) -> Path:
-    """Run build.py; return the image (rootfs) directory.  Raises RuntimeError on failure."""
-    cmd = [sys.executable, str(BUILD_SCRIPT)]
+def build_or_reuse_image(log_path: Path, backends: str = "") -> Path:
+    """Run build.py; return the image (rootfs) directory.  Raises RuntimeError on failure.
+
+    ``backends``: what the image runs beyond onnxruntime and tflite ("": the default image,
+    whatever $CONVBENCH_ARM64_BACKENDS says).
+    """
+    cmd = [sys.executable, str(BUILD_SCRIPT), f"--backends={backends}"]
     with open(log_path, "w") as log:
         try:
             rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log,
@@ -72,11 +83,8 @@ def arm64_board_image(tmp_path_factory) -> Path:
         unavailable(str(e))
 
 
-@pytest.fixture(scope="session")
-def arm64_board(arm64_board_image, tmp_path_factory):
-    """A running emulated Raspberry Pi 4 (aarch64, qemu-user) on 127.0.0.1:<port>."""
-    board_cls = _load_board_module().Arm64Board
-    board = board_cls(arm64_board_image, tmp_path_factory.mktemp("arm64-board"))
+def _running_board(image: Path, workdir: Path):
+    board = _load_board_module().Arm64Board(image, workdir)
     try:
         board.start()
     except Exception as e:
@@ -86,3 +94,33 @@ def arm64_board(arm64_board_image, tmp_path_factory):
         yield board
     finally:
         board.stop()
+
+
+@pytest.fixture(scope="session")
+def arm64_board(arm64_board_image, tmp_path_factory):
+    """A running emulated Raspberry Pi 4 (aarch64, qemu-user) on 127.0.0.1:<port>."""
+    yield from _running_board(arm64_board_image, tmp_path_factory.mktemp("arm64-board"))
+
+
+def requested_backends() -> list[str]:
+    """The backends $CONVBENCH_ARM64_BACKENDS asks the board to run beyond its default ones."""
+    return os.environ.get(BACKENDS_ENV, "").replace(",", " ").split()
+
+
+@pytest.fixture(scope="session")
+def arm64_backends_board_image(tmp_path_factory) -> Path:
+    backends = requested_backends()
+    if not backends:
+        pytest.skip(f"opt-in: set {BACKENDS_ENV}=executorch,torch to build the board image with those "
+                    "backends too (on top of the default image: ~3 min cold, and ~3 min more for the test)")
+    log_path = tmp_path_factory.mktemp("arm64-build-backends") / "build.log"
+    try:
+        return build_or_reuse_image(log_path, ",".join(backends))
+    except Exception as e:
+        unavailable(str(e))
+
+
+@pytest.fixture(scope="session")
+def arm64_backends_board(arm64_backends_board_image, tmp_path_factory):
+    """Like ``arm64_board``, booted from the image with $CONVBENCH_ARM64_BACKENDS's backends."""
+    yield from _running_board(arm64_backends_board_image, tmp_path_factory.mktemp("arm64-backends-board"))

@@ -507,10 +507,10 @@ BACKEND_SMOKE = {
                    "v['executorch'] = __import__('importlib.metadata').metadata.version('executorch')"),
 }
 NOT_ON_BOARD = {
-    "litert": "LiteRT's CompiledModel API needs ai-edge-litert 2.x (ai_edge_litert.options: CpuOptions, "
-              "hardware accelerators); 2.x ships no Linux aarch64 wheel, and 1.4.0, the newest that does "
-              "(already in the image, run by the tflite backend), has only a CPU-only "
-              "CompiledModel.from_file(path) without options or tensor details",
+    "litert": "the litert backend's CompiledModel API (ai_edge_litert.options: CpuOptions, hardware "
+              "accelerators, tensor details) came with ai-edge-litert 2.2.0, and no 2.x release has a Linux "
+              "aarch64 wheel; 1.4.0, the newest that does (in the image, run by the tflite backend), has only "
+              "CompiledModel.from_file(path) on the CPU, without options (threads) or tensor details",
     "torch-cuda": "the board has no CUDA",
     "torch-compile-cuda": "the board has no CUDA",
     "onnxruntime-cuda": "the board has no CUDA",
