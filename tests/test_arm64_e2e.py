@@ -1,4 +1,4 @@
-"""The SSH backend against an emulated aarch64 board: the quick suite, end to end.
+"""The SSH backend against an emulated aarch64 board: the quick suite and the new backends, end to end.
 
 The board (harness/lab/arm64_board) is an arm64 Debian userland under qemu-user with its
 own sshd and sysfs, reached exactly like a Raspberry Pi on the network.  Its timings are
@@ -48,7 +48,7 @@ def board_devices_file(board, tmp_path, backends: list[str]):
 
 
 def run_small(path, backends: list[str], workloads: list[str]):
-    """harness run of ``workloads`` x ``backends`` on the board, fewest iterations; its records."""
+    """``harness run`` of ``workloads`` x ``backends`` on the board with the fewest iterations (its result)."""
     return CliRunner().invoke(main, ["run", "--repeats", "1", "--devices", "pi4-emulated",
                                      "--devices-file", str(path), "--workloads", ",".join(workloads),
                                      "--backends", ",".join(backends), "--max-time", "0.1", "--min-time", "0",
