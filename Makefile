@@ -24,7 +24,7 @@ system-deps:
 	sh tools/system-deps.sh
 
 demo: setup
-	$(BIN)/harness run --suite quick
+	$(BIN)/harness run --suite quick --repeats 3
 	$(BIN)/harness report latest
 
 # pytest exits 5 when it collected no tests: that must fail, not pass.
