@@ -867,22 +867,7 @@ class AndroidTransport(Transport):
             return self._error(job, self._binary_error or f"benchmark_model not found: {BENCHMARK_HELP}",
                                ErrorKind.RUNTIME)
         remote_model = self._push_model(artifact)
-        extra: dict[str, Any] = {}
-        warnings: list[str] = []
-        if self.cooldown_c is not None:
-            cooled = self._cooldown(on_status)
-            if cooled.get("warning"):
-                warnings.append(cooled.pop("warning"))
-                cooled["cooldown_timed_out"] = bool(cooled.get("cooldown_timed_out"))
-            extra.update(cooled)
-        if probe_artifact is not None and policy.reference_probe_seconds > 0:
-            probe, problem = self._reference_probe(probe_artifact, policy.reference_probe_seconds)
-            if probe is not None:
-                extra["reference_probe"] = probe
-            else:
-                warnings.append(f"no reference probe: {problem}")
-        before = self._snapshot_raw(battery=self._energy_unavailable is None)
-        extra["thermal_before"] = self._state(before)
+        extra, warnings, before = self._before_job(policy, on_status, probe_artifact)
 
         timing, extended = energy_timing(policy) if self._energy_unavailable is None else (policy, None)
         argv = benchmark_argv(self._binary, remote_model, job, timing, self.options, self.cpu_mask)
@@ -1077,23 +1062,8 @@ class AndroidTransport(Transport):
             return self._error(job, f"executor_runner runs .pte programs, not {artifact.format} ({artifact.path})",
                                ErrorKind.ARTIFACT)
         remote_model = self._push_model(artifact)
-        extra: dict[str, Any] = {}
-        warnings: list[str] = []
+        extra, warnings, before = self._before_job(policy, on_status, probe_artifact)
         problems: list[str] = []
-        if self.cooldown_c is not None:
-            cooled = self._cooldown(on_status)
-            if cooled.get("warning"):
-                warnings.append(cooled.pop("warning"))
-                cooled["cooldown_timed_out"] = bool(cooled.get("cooldown_timed_out"))
-            extra.update(cooled)
-        if probe_artifact is not None and policy.reference_probe_seconds > 0:
-            probe, problem = self._reference_probe(probe_artifact, policy.reference_probe_seconds)
-            if probe is not None:
-                extra["reference_probe"] = probe
-            else:
-                warnings.append(f"no reference probe: {problem}")
-        before = self._snapshot_raw(battery=self._energy_unavailable is None)
-        extra["thermal_before"] = self._state(before)
 
         timing, _extended = energy_timing(policy) if self._energy_unavailable is None else (policy, None)
         num_runs, warmup = run_counts(timing, self.options)
@@ -1199,6 +1169,28 @@ class AndroidTransport(Transport):
         if extended:
             record["energy"]["timing"] = extended
         return record
+
+    def _before_job(self, policy: TimingPolicy, on_status: Any,
+                    probe_artifact: Artifact | None) -> tuple[dict[str, Any], list[str], Any]:
+        """What every job does on the phone before its runner starts: cool down, time the reference
+        probe, read the thermal state; returns (record fields, warnings, the raw snapshot taken)."""
+        extra: dict[str, Any] = {}
+        warnings: list[str] = []
+        if self.cooldown_c is not None:
+            cooled = self._cooldown(on_status)
+            if cooled.get("warning"):
+                warnings.append(cooled.pop("warning"))
+                cooled["cooldown_timed_out"] = bool(cooled.get("cooldown_timed_out"))
+            extra.update(cooled)
+        if probe_artifact is not None and policy.reference_probe_seconds > 0:
+            probe, problem = self._reference_probe(probe_artifact, policy.reference_probe_seconds)
+            if probe is not None:
+                extra["reference_probe"] = probe
+            else:
+                warnings.append(f"no reference probe: {problem}")
+        before = self._snapshot_raw(battery=self._energy_unavailable is None)
+        extra["thermal_before"] = self._state(before)
+        return extra, warnings, before
 
     @staticmethod
     def _pte_delegation(artifact: Artifact) -> tuple[dict[str, Any], str]:
