@@ -190,6 +190,11 @@ def energy_timing(policy: TimingPolicy) -> tuple[TimingPolicy, str | None]:
                     "window with margin (`energy: none` in devices.yaml keeps --min-time/--max-time)")
 
 
+# Executions the pilot run times after its warm-up: with 5, one slow execution on a busy phone (or host)
+# moved the median enough to halve the measured loop and lose the energy window.
+PILOT_EXECUTIONS = 20
+
+
 def run_counts(policy: TimingPolicy, options: Mapping[str, Any]) -> tuple[int, int]:
     """(num_runs, warmup_runs): devices.yaml wins, else derived from the timing policy."""
     num_runs = options.get("num_runs")
@@ -1074,9 +1079,9 @@ class AndroidTransport(Transport):
         per_run: float | None = None
         extended = None
         if self.options.get("num_runs") is None:
-            # A count, not a time: a short pilot run (warm-up + 5 executions) times the loop, then the count is
+            # A count, not a time: a short pilot run (warm-up + PILOT_EXECUTIONS) times the loop, then the count is
             # chosen the way benchmark_model stops (at least num_runs, at least --min-time, at most --max-time).
-            pilot_executions = warmup + 5
+            pilot_executions = warmup + PILOT_EXECUTIONS
             pilot_timeout = benchmark_timeout(timing)
             pilot = self._run_runner(remote_model, pilot_executions, job.threads, pilot_timeout)
             failed = self._runner_failure(pilot, pilot_timeout)

@@ -110,7 +110,7 @@ def test_executorch_job_end_to_end_on_the_phone(adb_device: ConnectedDevice, adb
     # The battery is readable on the loopback phone: the measured executions were stretched to cover the
     # energy window, which runs between the runner's Iteration lines.
     energy = record["energy"]
-    assert energy["status"] == "ok" and energy["window_s"] >= 1.0, energy
+    assert energy["status"] == "ok" and energy["window_s"] >= 1.0, (energy, bench)
     assert energy["window"] == "the measured executions (between executor_runner's `Iteration` lines)"
     assert energy["inferences"] == latency["n"] and "measured executions raised from" in bench[
         "timing_extended_for_energy"]
