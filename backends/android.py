@@ -195,6 +195,34 @@ def energy_timing(policy: TimingPolicy) -> tuple[TimingPolicy, str | None]:
 PILOT_EXECUTIONS = 20
 
 
+class StampedLines:
+    """What a program on the phone prints, line by line as adb streams it: every line, each timing event
+    (``event_of(line)``) stamped on arrival, and the program's pid from the ``PID_MARKER`` line."""
+
+    def __init__(self, event_of: Any) -> None:
+        self._event_of = event_of
+        self._lock = threading.Lock()
+        self.lines: list[str] = []
+        self.marks: list[tuple[float, str]] = []
+        self._pids: list[str] = []
+
+    def on_line(self, _stream: str, line: str) -> None:
+        now = time.monotonic()
+        if line.startswith(PID_MARKER):
+            self._pids.append(line[len(PID_MARKER):].strip())
+            return
+        event = self._event_of(line)
+        with self._lock:
+            self.lines.append(line)
+            if event:
+                self.marks.append((now, event))
+
+    @property
+    def pid(self) -> str | None:
+        """The program's pid on the phone (for a kill after a timeout, or its logcat lines), if it said."""
+        return self._pids[0] if self._pids and self._pids[0].isdigit() else None
+
+
 def run_counts(policy: TimingPolicy, options: Mapping[str, Any]) -> tuple[int, int]:
     """(num_runs, warmup_runs): devices.yaml wins, else derived from the timing policy."""
     num_runs = options.get("num_runs")
@@ -886,21 +914,8 @@ class AndroidTransport(Transport):
 
         idle_watts = self._idle_watts(policy)
 
-        lock = threading.Lock()
-        lines: list[str] = []
-        marks: list[tuple[float, str]] = []
-        remote_pid: list[str] = []
-
-        def on_line(_stream: str, line: str) -> None:
-            now = time.monotonic()
-            if line.startswith(PID_MARKER):
-                remote_pid.append(line[len(PID_MARKER):].strip())
-                return
-            event = timing_event(line)
-            with lock:
-                lines.append(line)
-                if event:
-                    marks.append((now, event))
+        stamped = StampedLines(timing_event)
+        lines, marks, on_line = stamped.lines, stamped.marks, stamped.on_line
 
         sampler = None
         if self._energy_unavailable is None:
@@ -914,9 +929,9 @@ class AndroidTransport(Transport):
         except AdbTimeout as exc:
             if sampler is not None:
                 sampler.stop()
-            if remote_pid and remote_pid[0].isdigit():
+            if stamped.pid is not None:
                 with contextlib.suppress(AdbError):
-                    self._shell(f"kill -9 {remote_pid[0]} 2>/dev/null", timeout=15)
+                    self._shell(f"kill -9 {stamped.pid} 2>/dev/null", timeout=15)
             return self._error(job, f"benchmark_model timed out after {timeout:.0f} s (--max_secs "
                                     f"{timing.max_seconds:g} s); last output: "
                                     f"{_tail(_without_pid(exc.stdout) + exc.stderr)}",
@@ -999,21 +1014,8 @@ class AndroidTransport(Transport):
         assert self._runner is not None
         command = quote_args(runner_argv(self._runner, remote_model, executions, threads, self._runner_flags,
                                          self.cpu_mask))
-        lock = threading.Lock()
-        lines: list[str] = []
-        marks: list[tuple[float, str]] = []
-        remote_pid: list[str] = []
-
-        def on_line(_stream: str, line: str) -> None:
-            now = time.monotonic()
-            if line.startswith(PID_MARKER):
-                remote_pid.append(line[len(PID_MARKER):].strip())
-                return
-            event = runner_event(line)
-            with lock:
-                lines.append(line)
-                if event:
-                    marks.append((now, event))
+        stamped = StampedLines(runner_event)
+        lines, marks, on_line = stamped.lines, stamped.marks, stamped.on_line
 
         started = time.monotonic()
         try:
@@ -1022,18 +1024,18 @@ class AndroidTransport(Transport):
             code, _out, _err = self.client.shell_stream(f"echo {PID_MARKER}$$; exec {command}", on_line,
                                                         timeout=timeout)
         except AdbTimeout as exc:
-            if remote_pid and remote_pid[0].isdigit():
+            if stamped.pid is not None:
                 with contextlib.suppress(AdbError):
-                    self._shell(f"kill -9 {remote_pid[0]} 2>/dev/null", timeout=15)
+                    self._shell(f"kill -9 {stamped.pid} 2>/dev/null", timeout=15)
             text = _without_pid(exc.stdout) + exc.stderr
             return RunnerRun(command, None, text, parse_output(text), "stderr", marks, started, time.monotonic(),
                              timed_out=True)
         ended = time.monotonic()
         text = "".join(lines)
         result = parse_output(text)
-        if code == 0 and result.log_lines == 0 and remote_pid and remote_pid[0].isdigit():
+        if code == 0 and result.log_lines == 0 and stamped.pid is not None:
             _code, out, _err = self._shell(
-                f"logcat -d -v threadtime --pid={remote_pid[0]} -s {LOGCAT_TAG} 2>/dev/null", timeout=30)
+                f"logcat -d -v threadtime --pid={stamped.pid} -s {LOGCAT_TAG} 2>/dev/null", timeout=30)
             logged = parse_output(out)
             if logged.log_lines:
                 logged.tensor_lines = result.tensor_lines
