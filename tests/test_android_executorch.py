@@ -9,6 +9,7 @@ ExecuTorch's Python runtime and prints what the binary prints, so the transport'
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,26 @@ def test_a_runner_logging_to_logcat_is_read_from_logcat(adb_device: ConnectedDev
     assert record["energy"]["window"].startswith("the whole executor_runner process, loading included")
     logged = (adb_device.root / "data/misc/logcat").read_text().splitlines()
     assert any(" I ExecuTorch: Model executed successfully 6 time(s) in " in line for line in logged)
+
+
+def test_a_loop_that_missed_the_energy_window_is_sized_again_by_its_own_pace() -> None:
+    """A pilot timed on a busy machine overestimated the pace (CI: a 0.72 s window for 1.5 s wanted):
+    the measured loop's own Iteration stamps size one more run; a loop that covered it is kept."""
+    from backends.android import AndroidTransport, RunnerRun
+    from backends.base import TimingPolicy
+    from backends.executor_runner import RunnerResult
+
+    policy = TimingPolicy(min_seconds=0.05, max_seconds=0.3)
+    timing = replace(policy, min_seconds=1.5, max_seconds=1.5)
+    warmup, executions = 1, 61  # 60 measured executions at 12 ms: a 0.72 s window
+    marks = [(10.0 + 0.012 * i, "iteration") for i in range(executions)] + [(10.8, "total")]
+    short = RunnerRun("executor_runner ...", 0, "", RunnerResult(executions=executions), "stderr", marks)
+    rerun = AndroidTransport._rerun_for_energy(short, executions, warmup, timing, policy)
+    assert rerun is not None and rerun["measured_window_s"] == pytest.approx(0.72)
+    assert rerun["loop_s_per_execution"] == pytest.approx(0.012) and 1 + 124 <= rerun["executions"] <= 1 + 125
+    assert "0.72 s, short of the battery's 1 s energy window" in rerun["why"]
+    covered = RunnerRun("executor_runner ...", 0, "", RunnerResult(executions=executions),
+                        "stderr", [(10.0 + 0.025 * i, "iteration") for i in range(executions)])
+    assert AndroidTransport._rerun_for_energy(covered, executions, warmup, timing, policy) is None
+    failed = replace(short, code=1)
+    assert AndroidTransport._rerun_for_energy(failed, executions, warmup, timing, policy) is None

@@ -112,7 +112,8 @@ def test_phone_runs_are_gated_on_their_invocations(adb_device: ConnectedDevice, 
 
     # (a) A/A: every row judged on 5 + 5 benchmark_model invocations, with an interval; nothing regressed.
     code, aa = compare(results_dir, baseline, again)
-    assert code == 0, aa
+    assert code == 0, ([(r["workload_id"], r["verdict"], r["ratio"], r["ci_low"], r["ci_high"], r["note"])
+                        for r in aa["rows"]], aa["drift"])
     assert aa["counts"]["unmatched"] == 0 and len(aa["rows"]) == 2 and aa["counts"]["regressed"] == 0
     for row in aa["rows"]:
         assert row["where"] == "phone/tflite/t1" and row["delegate"] == "xnnpack"
