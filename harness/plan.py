@@ -135,7 +135,7 @@ def precision_notes(backends: list[str], workload_ids: list[str]) -> list[str]:
     for backend in backends:
         left_out = len(workload_ids) - len(runnable_workloads(backend, workload_ids))
         if left_out:
-            others = [b for b, info in BACKENDS.items() if "int8" in info.precisions and not b.endswith("-cuda")]
+            others = [b for b, info in BACKENDS.items() if "int8" in info.precisions and info.device == "cpu"]
             notes.append(f"{backend} skips {left_out} int8 workload(s): it runs "
                          f"{', '.join(BACKENDS[backend].precisions)} only (int8 runs on {', '.join(others)})")
     return notes

@@ -41,7 +41,7 @@ class Backend:
     name: str
     format: str  # key of FORMATS
     runtime: str  # the runner's runtime (backends/runner.py RUNTIMES)
-    device: str  # "cpu" or "cuda": where the runtime computes
+    device: str  # "cpu", "cuda", "gpu" or "npu" (LiteRT's accelerators): where the runtime computes
     run_modules: tuple[str, ...]  # needed wherever the runner runs it (this host, for local devices)
     extra: str  # the pyproject extra that installs them ("core": always installed)
     precisions: tuple[str, ...] = ("fp32",)  # workload precisions it runs ("int8": the -int8 ids)
@@ -82,6 +82,11 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             label="LiteRT Interpreter"),
     Backend("litert", "tflite", "litert", "cpu", ("ai_edge_litert",), "tflite", ("fp32", "int8"),
             label="LiteRT CompiledModel"),
+    # The accelerator must run the whole model (int8 included) or the job fails: never a CPU fallback.
+    Backend("litert-gpu", "tflite", "litert", "gpu", ("ai_edge_litert",), "tflite", ("fp32", "int8"),
+            label="LiteRT CompiledModel, GPU accelerator"),
+    Backend("litert-npu", "tflite", "litert", "npu", ("ai_edge_litert",), "tflite", ("fp32", "int8"),
+            label="LiteRT CompiledModel, NPU accelerator"),
     Backend("executorch", "pte", "executorch", "cpu", ("executorch",), "executorch", ("fp32", "int8"),
             label="ExecuTorch (XNNPACK)", delegates=("xnnpack",)),  # lowered to XNNPACK at export
 )}

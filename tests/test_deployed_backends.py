@@ -70,6 +70,24 @@ def test_litert_compiled_model_runs_the_tflite_file_and_matches():
         assert artifact_for(record["workload_id"], "litert") == artifact_for(record["workload_id"], "tflite")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["litert-gpu", "litert-npu"])
+def test_litert_on_an_accelerator_runs_the_whole_model_there_or_fails_saying_so(backend):
+    """No GPU or NPU here: the job must fail naming the accelerator, never time LiteRT's CPU instead.
+    Where the accelerator exists, the same test requires a checked output computed on it."""
+    pytest.importorskip("ai_edge_litert")
+    (record,) = run_local(backend, [SEP])
+    accelerator = BACKENDS[backend].device
+    assert record["backend"] == backend and record["runtime"] == "litert"
+    if record["status"] == "ok":
+        assert record["provider"] == accelerator and record["output_check"]["status"] == "match"
+        assert any("threads apply to LiteRT's CPU accelerator only" in w for w in record["warnings"])
+    else:
+        assert record["error_kind"] == "runtime_error", record
+        assert f"{accelerator} accelerator" in record["error"], record["error"]
+        assert "latency" not in record and "samples_s" not in record
+
+
 @pytest.fixture(scope="module")
 def executorch_run(tmp_path_factory):
     """fp32 and int8 workloads in one runner batch (each ExecuTorch process imports for ~10 s)."""

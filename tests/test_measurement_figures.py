@@ -32,8 +32,10 @@ def write(root: Path, relative: str, text: str) -> Path:
 def test_energy_per_inference_of_a_block_timed_layer_is_power_times_call_time(tmp_path, backend):
     """10 W held constant: J/inference must be 10 W x the time of one call, whatever the block size."""
     write(tmp_path, "class/hwmon/hwmon0/power1_input", "10000000")  # microwatts
+    # No sample cap: tflite's call takes under 1 us here, so 100,000 blocks of 16 (the default max_runs)
+    # ended the loop after 0.79 s in CI, short of the 1 s energy window the test is about.
     policy = TimingPolicy(warmup_runs=3, warmup_seconds=0.1, min_seconds=1.2, max_seconds=1.5,
-                          target_ci_rel_width=0.0)
+                          target_ci_rel_width=0.0, max_runs=10_000_000)
     # Blocks of 16 calls per sample, fixed so that the test means the same on any machine.
     (record,) = measure_locally(backend, [TINY], policy, options={"block_size": 16}, sysfs_root=str(tmp_path),
                               energy={"sensor": "hwmon"})

@@ -497,10 +497,13 @@ class LiteRtRuntime(Runtime):
         try:
             model = self.compiled_model_cls.from_file(model_path, options=options)
         except RuntimeError as exc:
-            raise RuntimeError("LiteRT could not compile the model for its %s accelerator: %s"
-                               % (self.device, exc)) from None
+            hint = ("" if self.device == "cpu" else "; a machine without that accelerator (or its LiteRT plug-in) "
+                    "fails here: run the litert backend for LiteRT's CPU")
+            raise RuntimeError("LiteRT could not compile the model for its %s accelerator: %s%s"
+                               % (self.device, str(exc).strip(), hint)) from None
         if self.device != "cpu" and not model.is_fully_accelerated():
-            raise RuntimeError("LiteRT's %s accelerator does not run the whole model" % self.device)
+            raise RuntimeError("LiteRT's %s accelerator does not run the whole model (convbench never lets "
+                               "LiteRT fall back to the CPU inside an accelerator's timing)" % self.device)
         signature = model.get_signature_list()
         if len(signature) != 1:
             raise RuntimeError("expected one signature, the model has %d" % len(signature))
