@@ -27,7 +27,10 @@ pytestmark = [pytest.mark.rig, pytest.mark.slow]
 HARNESS = [sys.executable, "-m", "harness.cli"]
 # The printed run, made lighter for CI: one backend on the board (the arm64 end-to-end test covers
 # onnxruntime there) and the fewest iterations; later options override the printed ones.
-LIGHTER = ["--backends", "tflite", "--min-runs", "2", "--warmup-runs", "0"]
+# Appended to the printed command (the last --workloads wins): the printed pair without MobileNet v2, whose
+# 5 s inferences under emulation made this test the suite's slowest (arm64 e2e runs a network there).
+LIGHTER = ["--backends", "tflite", "--min-runs", "2", "--warmup-runs", "0",
+           "--workloads", "conv-standard-M32-N64-k3-x112-s1,conv-separable-M32-N64-k3-x112-s1"]
 
 
 def harness(*args: str, cwd: Path, timeout: float = 900, env: dict[str, str] | None = None,
@@ -115,7 +118,7 @@ def test_headline_run_in_the_lab_end_to_end(tmp_path):
             records = [json.loads(line) for line in (run_dir / "measurements.jsonl").read_text().splitlines()]
             assert {(r["device"], r["status"]) for r in records} == {("pi4", "ok"), ("pixel7", "ok")}, \
                 [(r["job_id"], r.get("error")) for r in records if r["status"] != "ok"]
-            assert len(records) == 2 * 3 * 3  # two devices x three workloads x three invocations
+            assert len(records) == 2 * 2 * 3  # two devices x two workloads x three invocations
             for record in records:
                 assert record["device_fingerprint"].get("emulated"), record["device"]
 
@@ -130,7 +133,7 @@ def test_headline_run_in_the_lab_end_to_end(tmp_path):
         rows = [line for line in output.splitlines() if re.search(r"\b(pi4|pixel7)\b", line)
                 and re.search(r"\b(unchanged|regressed|improved|inconclusive)\b", line)]
         assert {device for line in rows for device in ("pi4", "pixel7") if device in line} == {"pi4", "pixel7"}
-        assert len(rows) == 6, output  # every job of both devices judged
+        assert len(rows) == 4, output  # every job of both devices judged
         assert "no raw samples" not in output and "a verdict needs at least 2" not in output
         # An A/A comparison: no false regression (the gate's calibrated rate is under 1% a row); with three
         # invocations a side some rows stay inconclusive, which is an honest verdict, not a failure.
