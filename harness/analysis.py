@@ -119,7 +119,12 @@ def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for group_values, group in valid_rows.groupby(keys, dropna=False):
         by_id = {row["workload_id"]: row for _, row in group.iterrows()}
-        typical = _typical_other_gmacs(group[group["kind"] == "standard"]) if "kind" in group else {}
+        typical: dict[str, float] = {}
+        if "kind" in group:  # int8 convs run at other rates: each precision is typical of itself
+            standard = group[group["kind"] == "standard"]
+            parts = standard.groupby("precision", dropna=False) if "precision" in standard else [(None, standard)]
+            for _, same_precision in parts:
+                typical.update(_typical_other_gmacs(same_precision))
         for workload_id, sep in by_id.items():
             if sep.get("kind") != "separable":
                 continue
@@ -141,7 +146,8 @@ def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
             typical_gmacs = typical.get(std["workload_id"], math.nan)
             row = _key_dict(keys, group_values)
             row.update(
-                pair_id=workload_id, m=int(sep["m"]), n=int(sep["n"]), k=int(sep["k"]), x=int(sep["x"]),
+                pair_id=workload_id, precision=_precision(sep),
+                m=int(sep["m"]), n=int(sep["n"]), k=int(sep["k"]), x=int(sep["x"]),
                 stride=int(sep["stride"]),
                 standard_median_s=std["latency_median"], separable_median_s=sep["latency_median"],
                 theoretical_speedup=theoretical, measured_speedup=measured,
@@ -155,6 +161,11 @@ def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
             )
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _precision(row: Any) -> str:
+    value = row.get("precision") if hasattr(row, "get") else None
+    return value if isinstance(value, str) and value else "fp32"
 
 
 def _invocation_medians(row: Any) -> list[float]:
@@ -173,7 +184,7 @@ def efficiency_summary(pairs: pd.DataFrame) -> pd.DataFrame:
     """
     if pairs.empty:
         return pd.DataFrame()
-    keys = [k for k in ["run_id", *GROUP] if k in pairs]
+    keys = [k for k in ["run_id", *GROUP, "precision"] if k in pairs]
     rows = []
     for group_values, group in pairs.groupby(keys, dropna=False, sort=True):
         low = group.loc[group["efficiency"].idxmin()]
@@ -360,6 +371,11 @@ def series_label(row: Any, multi_threads: bool, named_delegates: Collection[str]
 def where_label(row: Any, named_delegates: Collection[str] = ()) -> str:
     """device/backend[delegate]/tN: a table row's measurement setting."""
     return f"{row['device']}/{backend_label(row, named_delegates)}/t{row['threads']}"
+
+
+def precision_tag(row: Any) -> str:
+    """" (int8)" for a row that aggregates int8 workloads (pairs, their summaries), else ""."""
+    return " (int8)" if _precision(row) == "int8" else ""
 
 
 def theory_comparison(frame: pd.DataFrame, ceilings: Mapping[Any, Any]) -> pd.DataFrame:

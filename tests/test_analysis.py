@@ -249,3 +249,29 @@ def test_int8_speedups_pair_each_int8_workload_with_its_fp32_twin():
     by_kind = analysis.int8_by_kind(speedups)
     assert _row(by_kind, kind="standard")["geomean_int8_speedup"] == pytest.approx(4.0)
     assert analysis.int8_speedups(frame[~frame["workload_id"].str.endswith("-int8")]).empty
+
+
+def test_int8_pairs_are_their_own_precision_in_the_flag_the_summary_and_the_tables():
+    """int8 convs run several times faster here (VNNI): judged against them, every fp32 standard conv
+    looked "slow" and was flagged, and the pairs table showed two unlabelled rows per pair."""
+    from harness.report.tables import efficiency_table, pairs_table
+
+    ort = [(6.0, 1.2), (11.8, 1.75), (11.5, 1.45), (11.6, 1.4)]
+    int8 = [(ms / 4, sep / 2) for ms, sep in ort]
+    rows = quick_pairs("onnxruntime", ort)
+    for pair, (standard, separable) in zip(QUICK_PAIRS, int8, strict=True):
+        rows += [measured(f"conv-standard-{pair}-int8", standard, backend="onnxruntime"),
+                 measured(f"conv-separable-{pair}-int8", separable, backend="onnxruntime")]
+    pairs = analysis.pair_speedups(pd.DataFrame(rows), bootstrap=0)
+    assert len(pairs) == 8 and not pairs["slow_standard"].any()
+    assert sorted(pairs["precision"].value_counts().items()) == [("fp32", 4), ("int8", 4)]
+    fp32_first = _row(pairs, precision="fp32", n=64)
+    assert fp32_first["typical_standard_gmacs_per_s"] == pytest.approx(
+        float(np.median([462_422_016 / t / 1e6 for t, _ in ort[1:]])))
+    summary = analysis.efficiency_summary(pairs)
+    assert sorted(summary["precision"]) == ["fp32", "int8"]
+    assert _row(summary, precision="int8")["geomean_efficiency"] == pytest.approx(
+        _row(summary, precision="fp32")["geomean_efficiency"] / 2)
+    labels = [row[0] for row in efficiency_table(summary).rows]
+    assert labels == ["local/onnxruntime/t1", "local/onnxruntime/t1 (int8)"]
+    assert sum(row[1].endswith("(int8)") for row in pairs_table(pairs).rows) == 4

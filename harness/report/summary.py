@@ -7,7 +7,13 @@ from typing import Any
 
 import pandas as pd
 
-from harness.analysis import SLOW_STANDARD_FRACTION, SLOW_STANDARD_REASON, backend_label, delegate_backends
+from harness.analysis import (
+    SLOW_STANDARD_FRACTION,
+    SLOW_STANDARD_REASON,
+    backend_label,
+    delegate_backends,
+    precision_tag,
+)
 
 NOISY_CI = 0.05  # a 95% CI of the median wider than 5% of it is called noisy
 
@@ -89,7 +95,7 @@ def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[
     delegates = tables["delegate_backends"] if "delegate_backends" in tables else delegate_backends(valid)
 
     def who(row: Any, with_backend: bool = True) -> str:
-        text = _label(row, multi_threads, delegates) if with_backend else str(row["device"])
+        text = _label(row, multi_threads, delegates) + precision_tag(row) if with_backend else str(row["device"])
         if multi_runs and isinstance(row.get("run_id"), str):
             text += f" (run {row['run_id']})"
         return text
@@ -109,7 +115,7 @@ def summary_lines(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> list[
         lines += _slow_standard_lines(row, tables, who)
     run_key = ["run_id"] if multi_runs and "run_id" in efficiency else []
     if not efficiency.empty:
-        series = efficiency.apply(lambda r: backend_label(r, delegates), axis=1)
+        series = efficiency.apply(lambda r: backend_label(r, delegates) + precision_tag(r), axis=1)
         for _, group in efficiency.assign(series=series).groupby([*run_key, "device", "threads"]):
             if group["series"].nunique() < 2:
                 continue

@@ -13,7 +13,13 @@ from typing import Any
 
 import pandas as pd
 
-from harness.analysis import SLOW_STANDARD_FRACTION, SLOW_STANDARD_REASON, backend_label, where_label
+from harness.analysis import (
+    SLOW_STANDARD_FRACTION,
+    SLOW_STANDARD_REASON,
+    backend_label,
+    precision_tag,
+    where_label,
+)
 
 
 @dataclass
@@ -96,7 +102,7 @@ def pairs_table(pairs: pd.DataFrame, named_delegates: Collection[str] = ()) -> T
             if _num(row.get("speedup_ci_low")) is not None else ""
         typical = fixed(row.get("typical_standard_gmacs_per_s"), 1)
         table.rows.append([where_label(row, named_delegates),
-                           f"{row['m']}, {row['n']}, {row['k']}, {row['x']}, {row['stride']}",
+                           f"{row['m']}, {row['n']}, {row['k']}, {row['x']}, {row['stride']}{precision_tag(row)}",
                            ms(row["standard_median_s"]), ms(row["separable_median_s"]),
                            times(row["theoretical_speedup"]), times(row["measured_speedup"]) + ci,
                            percent(row["efficiency"]) + (" flagged" if bool(row.get("slow_standard")) else ""),
@@ -207,7 +213,8 @@ def efficiency_table(efficiency: pd.DataFrame, named_delegates: Collection[str] 
                        f"backend's typical GMAC/s (see the pairs table): {SLOW_STANDARD_REASON}.")
     for _, row in efficiency.iterrows():
         flagged = int(row.get("slow_standard_pairs") or 0)
-        table.rows.append([where_label(row, named_delegates), str(row["pairs"]), percent(row["geomean_efficiency"]),
+        table.rows.append([where_label(row, named_delegates) + precision_tag(row), str(row["pairs"]),
+                           percent(row["geomean_efficiency"]),
                            f"{percent(row['lowest_efficiency'])} ({row['lowest_n']}, {row['lowest_x']})",
                            f"{percent(row['highest_efficiency'])} ({row['highest_n']}, {row['highest_x']})",
                            percent(row["median_efficiency"]), str(flagged),
