@@ -511,6 +511,8 @@ NOT_ON_BOARD = {
               "accelerators, tensor details) came with ai-edge-litert 2.2.0, and no 2.x release has a Linux "
               "aarch64 wheel; 1.4.0, the newest that does (in the image, run by the tflite backend), has only "
               "CompiledModel.from_file(path) on the CPU, without options (threads) or tensor details",
+    "litert-gpu": "the board has no GPU, and no aarch64 ai-edge-litert has CompiledModel's accelerator options",
+    "litert-npu": "the board has no NPU, and no aarch64 ai-edge-litert has CompiledModel's accelerator options",
     "torch-cuda": "the board has no CUDA",
     "torch-compile-cuda": "the board has no CUDA",
     "onnxruntime-cuda": "the board has no CUDA",
