@@ -6,6 +6,7 @@ Every test here failed on the instrument before the fixes of "Every published fi
 from __future__ import annotations
 
 import gc
+import time
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,10 @@ def write(root: Path, relative: str, text: str) -> Path:
 def test_energy_per_inference_of_a_block_timed_layer_is_power_times_call_time(tmp_path, backend):
     """10 W held constant: J/inference must be 10 W x the time of one call, whatever the block size."""
     write(tmp_path, "class/hwmon/hwmon0/power1_input", "10000000")  # microwatts
-    # No sample cap: tflite's call takes under 1 us here, so 100,000 blocks of 16 (the default max_runs)
-    # ended the loop after 0.79 s in CI, short of the 1 s energy window the test is about.
+    # tflite's call takes under 1 us here: 100,000 blocks of 16 (the default max_runs) once ended the loop
+    # after 0.79 s, short of the energy window, until the runner let the window outlast the sample cap.
     policy = TimingPolicy(warmup_runs=3, warmup_seconds=0.1, min_seconds=1.2, max_seconds=1.5,
-                          target_ci_rel_width=0.0, max_runs=10_000_000)
+                          target_ci_rel_width=0.0)
     # Blocks of 16 calls per sample, fixed so that the test means the same on any machine.
     (record,) = measure_locally(backend, [TINY], policy, options={"block_size": 16}, sysfs_root=str(tmp_path),
                               energy={"sensor": "hwmon"})
@@ -123,6 +124,18 @@ def test_a_block_size_fixed_by_the_plan_is_used_and_reported():
     assert chosen["block_size_source"] == "chosen from the warm-up" and chosen["block_size"] >= 2
     assert fixed["latency"]["block_size"] == 4 and "blocks of 4" in fixed["latency"]["statistic"]
     assert fixed["timer_covers"] == "compute" and fixed["gc_disabled"]
+
+
+def test_the_sample_cap_does_not_cut_an_energy_window_short():
+    """A fast call in small blocks reaches max_runs early: with an energy window to cover, the loop goes on
+    (up to 10x the cap) until it does; without one, the cap ends it as before."""
+    policy = {"warmup_runs": 1, "warmup_seconds": 0, "min_runs": 5, "max_runs": 200, "min_seconds": 0,
+              "max_seconds": 5, "target_ci_rel_width": 0.0, "block_size": None}
+    pause = lambda: time.sleep(0.0005)  # noqa: E731 - 0.5 ms a call: 200 samples in ~0.1 s
+    capped = runner.measure(pause, policy, block_size=1)
+    assert capped["stop_reason"] == "max_runs" and len(capped["samples_s"]) == 200
+    covered = runner.measure(pause, policy, block_size=1, min_wall_s=0.3)
+    assert 200 < len(covered["samples_s"]) <= 2000 and covered["loop_wall_s"] >= 0.25
 
 
 def test_the_garbage_collector_is_off_inside_the_timed_loop_only():

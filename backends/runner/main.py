@@ -122,8 +122,12 @@ def measure_item(runtime, item, plan):
             energy_spec["sensor"] = "nvml"
         busy = BusyMeter()
         busy.start()
+        # With a sensor the loop must outlast the energy window (margin for the sensor's own reads).
+        window_s = 1.05 * float(policy.get("energy_min_window_s", 1.0)) \
+            if energy_spec.get("sensor", "auto") != "none" else 0.0
         timing, energy = _energy(energy_spec, sysfs_root, policy,
-                                 lambda: measure(call, policy, cuda_timer, runtime.sync, item.get("block_size")))
+                                 lambda: measure(call, policy, cuda_timer, runtime.sync, item.get("block_size"),
+                                                 window_s))
         result["other_cpu_cores"] = busy.stop()
         result.update(timing)
         result["energy"] = energy

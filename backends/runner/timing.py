@@ -40,13 +40,15 @@ class _GcDisabled:
             gc.enable()
 
 
-def measure(call, policy, cuda_timer=None, sync=None, block_size=None):
+def measure(call, policy, cuda_timer=None, sync=None, block_size=None, min_wall_s=0.0):
     """Warm up, then time ``call`` until the median's CI is narrow enough or time runs out.
 
     ``sync`` waits for the device to finish (CUDA); it runs after the untimed first call
     and warm-up calls so that queued work never spills into the timed loop.  A given
     ``block_size`` is used as is (so runs summarise the same statistic); otherwise it is
-    chosen from the fastest warm-up call.
+    chosen from the fastest warm-up call.  ``min_wall_s``: the sample cap (``max_runs``) does
+    not end the loop before this long since the first call (up to 10x the cap), so that an
+    energy window is not cut short by a fast call in small blocks; ``max_seconds`` still does.
     """
     now = time.perf_counter_ns
     slowdown = float(policy.get("slowdown_fraction", 0.0))
@@ -80,6 +82,7 @@ def measure(call, policy, cuda_timer=None, sync=None, block_size=None):
 
         min_runs = int(policy.get("min_runs", 10))
         max_runs = int(policy.get("max_runs", 100000))
+        hard_cap, min_wall_ns = 10 * max_runs, int(float(min_wall_s) * 1e9)
         min_ns = int(float(policy.get("min_seconds", 0.5)) * 1e9)
         max_ns = int(float(policy.get("max_seconds", 5.0)) * 1e9)
         target = float(policy.get("target_ci_rel_width", 0.01))
@@ -90,7 +93,7 @@ def measure(call, policy, cuda_timer=None, sync=None, block_size=None):
         loop_start = now()
         stop_reason = "max_runs"
         calls = range(block)
-        while len(samples) < max_runs:
+        while len(samples) < max_runs or (len(samples) < hard_cap and now() - start < min_wall_ns):
             if cuda_timer is not None:
                 append(cuda_timer(call))
             elif block == 1:
