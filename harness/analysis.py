@@ -423,8 +423,9 @@ def theory_comparison(frame: pd.DataFrame, ceilings: Mapping[Any, Any]) -> pd.Da
         predicted = roofline.predicted_speedup(slow_id, fast_id, ceiling, ceiling.llc_bytes)
         op_error, roof_error = roofline.theory_error(op_ratio, measured), roofline.theory_error(predicted, measured)
         out.append({
-            **{k: row.get(k) for k in ("run_id", *GROUP) if k in row}, "comparison": what,
-            "slow_id": slow_id, "fast_id": fast_id, "measured_speedup": measured, "op_ratio_speedup": op_ratio,
+            **{k: row.get(k) for k in ("run_id", *GROUP) if k in row}, "precision": _precision(row),
+            "comparison": what, "slow_id": slow_id, "fast_id": fast_id, "measured_speedup": measured,
+            "op_ratio_speedup": op_ratio,
             "roofline_speedup": predicted, "op_ratio_error_pct": roofline.error_percent(op_error),
             "roofline_error_pct": roofline.error_percent(roof_error),
             "closer": _closer(op_error, roof_error),

@@ -643,3 +643,24 @@ def test_contents_reach_the_tables_in_chromium(lab_report, browser, tmp_path):
         requestAnimationFrame(() => requestAnimationFrame(() => resolve(JSON.stringify({scrolled: window.scrollY}))));
     })"""))
     assert back["scrolled"] < 300  # "contents" beside each section heading leads back up
+
+
+def test_theory_sentences_keep_fp32_and_int8_apart():
+    """Each precision sits under its own compute roof: one sentence each, naming the int8 one."""
+    import pandas as pd
+
+    from harness.report.summary import _theory_lines
+
+    def row(precision, peak, closer):
+        return {"device": "local", "backend": "tflite", "threads": 1, "delegate": "", "precision": precision,
+                "closer": closer, "peak_gmacs_per_s": peak, "stream_gb_per_s": 40.0, "op_ratio_error_pct": 20.0,
+                "roofline_error_pct": 15.0}
+
+    theories = pd.DataFrame([row("fp32", 120.0, "roofline"), row("fp32", 120.0, "tie"),
+                             row("int8", 480.0, "op ratio")])
+    lines = _theory_lines(theories, lambda r: f"local/tflite{' (int8)' if r['precision'] == 'int8' else ''}")
+    assert len(lines) == 2
+    assert lines[0].startswith("On local/tflite, the roofline (measured ceilings: 120.0 GMAC/s")
+    assert "predicts 1 of 2" in lines[0] and "the same as it for 1" in lines[0]
+    assert lines[1].startswith("On local/tflite (int8), the roofline (measured ceilings: 480.0 GMAC/s")
+    assert "predicts 0 of 1" in lines[1]

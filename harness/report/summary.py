@@ -199,7 +199,8 @@ def _theory_lines(theories: pd.DataFrame | None, who: Any) -> list[str]:
     if theories is None or theories.empty:
         return []
     lines = []
-    keys = [k for k in ("run_id", "device", "backend", "threads", "delegate") if k in theories]
+    # fp32 and int8 apart: each is placed under its own compute roof
+    keys = [k for k in ("run_id", "device", "backend", "threads", "delegate", "precision") if k in theories]
     for _, group in theories.groupby(keys, dropna=False):
         first = group.iloc[0]
         closer = int((group["closer"] == "roofline").sum())
