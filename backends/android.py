@@ -578,6 +578,15 @@ class RunnerRun:
     timed_out: bool = False
 
 
+def _measured_stamps(run: RunnerRun, executions: int, first: int) -> tuple[float, float, int] | None:
+    """When the first measured execution's Iteration line and the last arrived, and the executions between
+    them; None when the runner did not print one line per execution."""
+    iterations = [t for t, kind in run.marks if kind == "iteration"]
+    if len(iterations) == len(run.result.iterations_ms) == executions and executions > first:
+        return iterations[first - 1], iterations[-1], executions - first
+    return None
+
+
 # -- the transport ----------------------------------------------------------------------------
 
 
@@ -1109,12 +1118,12 @@ class AndroidTransport(Transport):
                                                per_execution_times=per_iteration)
         else:
             executions = warmup + num_runs
-        timeout = benchmark_timeout(timing) + (3.0 * executions * per_run if per_run else 0.0)
         extra["benchmark"].update(executions=executions,
                                   **({"timing_extended_for_energy": extended} if extended else {}))
 
         idle_watts = self._idle_watts(policy)
-        while True:
+        for attempt in range(2):
+            timeout = benchmark_timeout(timing) + (3.0 * executions * per_run if per_run else 0.0)
             sampler = None
             if self._energy_unavailable is None:
                 sampler = BatterySampler(self.client, *self._battery_paths(), max_s=timeout + 60).start()
@@ -1125,14 +1134,11 @@ class AndroidTransport(Transport):
             # A pilot timed on a busy phone (or host) can overestimate the pace: then the measured loop
             # misses the energy window it was sized for, and is run once more, sized by its own pace.
             rerun = (self._rerun_for_energy(run, executions, warmup, timing, policy)
-                     if sampler is not None and per_run is not None and "rerun_for_energy" not in extra["benchmark"]
-                     else None)
+                     if attempt == 0 and sampler is not None and per_run is not None else None)
             if rerun is None:
                 break
-            extra["benchmark"]["rerun_for_energy"] = rerun
-            executions = rerun["executions"]
-            timeout = benchmark_timeout(timing) + 3.0 * executions * rerun["loop_s_per_execution"]
-            extra["benchmark"]["executions"] = executions
+            executions, per_run = rerun["executions"], rerun["loop_s_per_execution"]
+            extra["benchmark"].update(rerun_for_energy=rerun, executions=executions)
         after = self._snapshot_raw()
         extra["thermal_after"] = self._state(after)
         extra["benchmark"].update(command=run.command, exit_code=run.code, log_source=run.log_source)
@@ -1175,11 +1181,9 @@ class AndroidTransport(Transport):
         record["benchmark"].update(timing=fields["timing"], warmup_left_out=fields["warmup_left_out"],
                                    measured_executions=measured_count,
                                    threadpool_threads=result.threadpool_threads, tool_errors=result.errors[:10])
-        iterations = [t for t, kind in run.marks if kind == "iteration"]
-        first = max(fields["warmup_left_out"], 1)
-        if len(iterations) == len(result.iterations_ms) == executions and executions > first:
-            window = (iterations[first - 1], iterations[-1], executions - first,
-                      "the measured executions (between executor_runner's `Iteration` lines)")
+        stamps = _measured_stamps(run, executions, max(fields["warmup_left_out"], 1))
+        if stamps is not None:
+            window = (*stamps, "the measured executions (between executor_runner's `Iteration` lines)")
         else:
             window = (run.started, run.ended, result.executions or executions,
                       "the whole executor_runner process, loading included (no per-execution lines to time it by)")
@@ -1193,13 +1197,11 @@ class AndroidTransport(Transport):
     def _rerun_for_energy(run: Any, executions: int, warmup: int, timing: TimingPolicy,
                           policy: TimingPolicy) -> dict[str, Any] | None:
         """How many executions to run again with when the measured loop fell short of the energy window."""
-        if run.code != 0 or run.result is None:
+        stamps = _measured_stamps(run, executions, max(warmup, 1)) if run.code == 0 and run.result else None
+        if stamps is None or stamps[2] < 2:
             return None
-        iterations = [t for t, kind in run.marks if kind == "iteration"]
-        measured = len(iterations) - max(warmup, 1)
-        if measured < 2 or len(iterations) != executions:
-            return None
-        window_s = iterations[-1] - iterations[max(warmup, 1) - 1]
+        start, end, measured = stamps
+        window_s = end - start
         if window_s >= policy.energy_min_window_s:
             return None
         pace = window_s / measured

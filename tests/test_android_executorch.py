@@ -214,12 +214,13 @@ def test_a_loop_that_missed_the_energy_window_is_sized_again_by_its_own_pace() -
     timing = replace(policy, min_seconds=1.5, max_seconds=1.5)
     warmup, executions = 1, 61  # 60 measured executions at 12 ms: a 0.72 s window
     marks = [(10.0 + 0.012 * i, "iteration") for i in range(executions)] + [(10.8, "total")]
-    short = RunnerRun("executor_runner ...", 0, "", RunnerResult(executions=executions), "stderr", marks)
+    printed = RunnerResult(executions=executions, iterations_ms=[12.0] * executions)  # one line per execution
+    short = RunnerRun("executor_runner ...", 0, "", printed, "stderr", marks)
     rerun = AndroidTransport._rerun_for_energy(short, executions, warmup, timing, policy)
     assert rerun is not None and rerun["measured_window_s"] == pytest.approx(0.72)
     assert rerun["loop_s_per_execution"] == pytest.approx(0.012) and 1 + 124 <= rerun["executions"] <= 1 + 125
     assert "0.72 s, short of the battery's 1 s energy window" in rerun["why"]
-    covered = RunnerRun("executor_runner ...", 0, "", RunnerResult(executions=executions),
+    covered = RunnerRun("executor_runner ...", 0, "", printed,
                         "stderr", [(10.0 + 0.025 * i, "iteration") for i in range(executions)])
     assert AndroidTransport._rerun_for_energy(covered, executions, warmup, timing, policy) is None
     failed = replace(short, code=1)
