@@ -122,8 +122,7 @@ def pair_speedups(frame: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
         typical: dict[str, float] = {}
         if "kind" in group:  # int8 convs run at other rates: each precision is typical of itself
             standard = group[group["kind"] == "standard"]
-            parts = standard.groupby("precision", dropna=False) if "precision" in standard else [(None, standard)]
-            for _, same_precision in parts:
+            for _, same_precision in standard.groupby(standard.apply(_precision, axis=1)):
                 typical.update(_typical_other_gmacs(same_precision))
         for workload_id, sep in by_id.items():
             if sep.get("kind") != "separable":

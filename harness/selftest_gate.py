@@ -92,6 +92,17 @@ class GateResult:
         }
 
 
+def invocation_spreads(records: list[dict[str, Any]]) -> list[float]:
+    """Per workload of one run: the spread of its ok invocations' medians (workloads with one left out)."""
+    from harness.measure.invocations import spread
+
+    by_job: dict[str, list[float]] = {}
+    for record in records:
+        if record.get("status") == "ok":
+            by_job.setdefault(record["workload_id"], []).append(record["latency"]["median"])
+    return [s for s in (spread(v) for v in by_job.values()) if not math.isnan(s)]
+
+
 def minimum_detectable(spreads: list[float], repeats: int, threshold: float, alpha: float) -> float:
     """The slowdown detected with 90% power, from the spread of invocation medians (normal model on logs).
 
@@ -170,7 +181,6 @@ def analyze(results_dir: Path, settings: GateSettings, log: Callable[[str], None
     """Judge a calibration's stored runs as a nightly job would: each A run against the A run before it
     (A/A), each S run (``slowdown_fraction`` in its policy) against the A run before it."""
     from harness import compare as cmp
-    from harness.measure.invocations import spread
     from harness.store import list_runs, read_run
 
     options = cmp.Options(threshold=cmp.DEFAULT_THRESHOLD if settings.threshold is None else settings.threshold,
@@ -181,11 +191,7 @@ def analyze(results_dir: Path, settings: GateSettings, log: Callable[[str], None
     for path in list_runs(results_dir):
         info, records = read_run(path)
         slowdown = float((info.get("policy") or {}).get("slowdown_fraction") or 0.0)
-        by_job: dict[str, list[float]] = {}
-        for record in records:
-            if record.get("status") == "ok":
-                by_job.setdefault(record["workload_id"], []).append(record["latency"]["median"])
-        result.spreads += [s for s in (spread(v) for v in by_job.values()) if not math.isnan(s)]
+        result.spreads += invocation_spreads(records)
         if previous_a is not None:
             comparison = cmp.compare_runs(previous_a, path, options)
             target = result.slowed if slowdown else result.aa

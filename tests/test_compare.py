@@ -355,16 +355,10 @@ def measure(results_dir: Path, slowdown: float) -> Path:
 
 def detectable_slowdown(runs: list[Path]) -> float:
     """The slowdown the gate detects with 90% power given these runs' widest invocation spread, x1.5."""
-    from harness.measure.invocations import spread
-    from harness.selftest_gate import minimum_detectable
+    from harness.selftest_gate import invocation_spreads, minimum_detectable
     from harness.store import read_run
 
-    spreads = []
-    for run in runs:
-        by_job: dict[str, list[float]] = {}
-        for record in read_run(run)[1]:
-            by_job.setdefault(record["workload_id"], []).append(record["latency"]["median"])
-        spreads += [spread(values) for values in by_job.values()]
+    spreads = [s for run in runs for s in invocation_spreads(read_run(run)[1])]
     return 1.5 * minimum_detectable([max(spreads)], REPEATS, cmp.DEFAULT_THRESHOLD, cmp.DEFAULT_ALPHA)
 
 
