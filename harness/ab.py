@@ -18,10 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.compare.verdicts import Options, invocation_values, judge, local_machine_speed, median_latency
+from harness.compare.verdicts import Options, invocation_values, judge, median_latency
 from harness.devices import Device, local_device
 from harness.errors import UserError
 from harness.measure.invocations import paired_ratio_ci
+from harness.records import probe_time
 
 LABELS = ("A", "B")
 
@@ -56,14 +57,14 @@ def paired_rows(records: list[dict[str, Any]], options: Options) -> list[dict[st
         key = (record.get("workload_id"), record.get("backend"), int(record.get("threads") or 0),
                record.get("requested_delegate") or "")
         jobs.setdefault(key, {"A": {}, "B": {}})[record["device"]][int(record.get("repeat") or 0)] = record
-    speed = local_machine_speed(records) if options.normalize == "reference" else None
+    normalized = options.normalize == "reference"
     rows = []
     for (workload_id, backend, threads, delegate), sides in sorted(jobs.items(), key=lambda kv: tuple(map(str,
                                                                                                     kv[0]))):
         rounds = [r for r in sorted(set(sides["A"]) & set(sides["B"]))
-                  if speed is None or (id(sides["A"][r]) in speed and id(sides["B"][r]) in speed)]
-        estimate = paired_ratio_ci(invocation_values([sides["A"][r] for r in rounds], speed),
-                                   invocation_values([sides["B"][r] for r in rounds], speed), options.level)
+                  if not normalized or (probe_time(sides["A"][r]) and probe_time(sides["B"][r]))]
+        estimate = paired_ratio_ci(invocation_values([sides["A"][r] for r in rounds], normalized),
+                                   invocation_values([sides["B"][r] for r in rounds], normalized), options.level)
         verdict, note = judge(estimate, options)
         first = next(iter(sides["B"].values()), None) or next(iter(sides["A"].values()))
         version_a = next(iter(sides["A"].values()), {}).get("runtime_version")
@@ -77,7 +78,7 @@ def paired_rows(records: list[dict[str, Any]], options: Options) -> list[dict[st
             "current_median_s": median_latency([sides["B"][r] for r in rounds]),
             "n_baseline": estimate.n_baseline, "n_current": estimate.n_current,
             "ratio": estimate.ratio, "change": estimate.ratio - 1, "ci_low": estimate.ci_low,
-            "ci_high": estimate.ci_high, "p_value": estimate.p_value, "normalized": speed is not None,
+            "ci_high": estimate.ci_high, "p_value": estimate.p_value, "normalized": normalized,
             "verdict": verdict, "note": note or ("" if rounds else "measured on one side only"),
         })
     return rows

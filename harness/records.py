@@ -240,6 +240,24 @@ def migrate(record: dict[str, Any], schema: int) -> dict[str, Any]:
     return record
 
 
+def probe_time(record: dict[str, Any]) -> float | None:
+    """The reference-probe time a comparison divides this invocation by: the probe's compute part.
+
+    The runner's probe times an sgemm and a 16 MiB copy.  The copy (DRAM bandwidth) is the noisy
+    half on a shared VM: over 8 back-to-back A/A runs of two conv layers its per-invocation spread
+    was 3-16% against the sgemm's 1-3%, and under a neighbour copying memory it slowed by ~50%
+    while the convs slowed by 7%, so dividing by the whole probe turned every comparison into a
+    false "improved".  The sgemm tracks the clock and CPU steal; a memory-bound slowdown of the
+    machine is not divided out, and the comparison's drift line shows the copy's change apart.
+    A phone's probe is a conv model, all compute: its median is the time.
+    """
+    probe = record.get("reference_probe")
+    if not isinstance(probe, dict):
+        return None
+    value = probe.get("matmul_median_s") or probe.get("median_s")
+    return float(value) if value else None
+
+
 def fingerprint_id(fingerprint: dict[str, Any] | None) -> str | None:
     """A short stable id of the hardware and OS, for matching runs across days."""
     if not fingerprint:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.records import SCHEMA_VERSION, migrate
+from harness.records import SCHEMA_VERSION, migrate, probe_time
 
 RUN_FILE = "run.json"
 MEASUREMENTS_FILE = "measurements.jsonl"
@@ -400,7 +400,7 @@ def load_frame(runs: Iterable[Path]):
             row["device_cpu"] = fingerprint.get("cpu_model")
             row["device_emulated"] = fingerprint.get("emulated")
             row["device_fingerprint_id"] = fingerprint.get("id")
-            row["probe_s"] = (record.get("reference_probe") or {}).get("median_s")
+            row["probe_s"] = probe_time(record)
             row["delegated_ops"], row["total_ops"] = delegated_ops(record.get("delegation"))
             row["run_started_at"] = info.get("started_at")
             rows.append(row)

@@ -47,10 +47,9 @@ def criteria(result: Comparison) -> str:
     options = result.options
     runtime = "runtime version must match" if options.same_runtime else "runtime version not required"
     normalized = {"none": "",
-                  "reference": ", divided by the machine's speed when it ran (the reference probe of it and the "
-                               "invocations nearest in time)",
-                  "auto": ", divided by the machine's speed when it ran (reference probes) where both runs carry "
-                          "comparable probes"}[options.normalize]
+                  "reference": ", divided by the reference probe timed in the same invocation (its compute part)",
+                  "auto": ", divided by the reference probe timed in the same invocation (its compute part) where "
+                          "both runs carry comparable probes"}[options.normalize]
     return (f"matched on {', '.join(result.matched_on)} ({runtime}); unit: the invocation's median{normalized}; "
             f"change = ratio of geometric means with a {options.level:.0%} t interval (CI); regressed/improved: "
             f"the CI excludes no change and the change is beyond {options.threshold:.0%}; unchanged: the CI lies "
@@ -61,19 +60,28 @@ def drift_lines(result: Comparison) -> list[str]:
     """The machines' own change between the runs, from the reference probe (always reported)."""
     lines = []
     for drift in result.drift:
-        ci = "" if _nan(drift["ci_low"]) else f", {result.options.level:.0%} CI {_pct(drift['ci_low'] - 1)} .. " \
-                                                 f"{_pct(drift['ci_high'] - 1)}"
+        memory = drift.get("memory")
         speed = "slower" if drift["change"] > 0 else "faster"
-        line = (f"machine {drift['device']}: the reference probe took {_pct(drift['change'])} "
-                f"({abs(drift['change']):.1%} {speed}{ci}; {drift['n_baseline']}+{drift['n_current']} invocations)")
+        probe = "the reference probe's compute part" if memory else "the reference probe"
+        line = (f"machine {drift['device']}: {probe} took "
+                f"{_pct(drift['change'])} ({abs(drift['change']):.1%} {speed}{_ci(drift, result)}; "
+                f"{drift['n_baseline']}+{drift['n_current']} invocations)")
         if not drift["comparable"]:
             line += "; the probe differs between the runs (numpy/Python/kernel), so this is not the machine alone"
         elif any(row.get("normalized") and row.get("device") == drift["device"] for row in result.rows):
             line += "; the changes above are relative to it"
         else:
             line += "; `--normalize reference` divides it out"
+        if memory:
+            line += f"; its memory copy took {_pct(memory['change'])}{_ci(memory, result)}, not divided out"
         lines.append(line)
     return lines
+
+
+def _ci(estimate: dict[str, Any], result: Comparison) -> str:
+    if _nan(estimate["ci_low"]):
+        return ""
+    return f", {result.options.level:.0%} CI {_pct(estimate['ci_low'] - 1)} .. {_pct(estimate['ci_high'] - 1)}"
 
 
 def row_order(row: dict[str, Any]) -> tuple:

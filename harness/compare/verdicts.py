@@ -23,10 +23,11 @@ its printed median is the invocation's value; it times no reference probe, so it
 judged on raw medians, with a note, under ``"auto"``).
 
 With ``normalize="reference"`` (and by default, ``"auto"``, whenever both runs carry comparable
-probes) each invocation's median is first divided by the machine's speed when it ran: the median
-reference probe of that invocation and its nearest neighbours on the device
-(``local_machine_speed``), which removes the machine's own drift; that drift is always reported
-apart (``Comparison.drift``).
+probes) each invocation's median is first divided by the reference probe timed in that same
+invocation (its compute part, ``records.probe_time``), which removes the machine's own drift in
+clock and CPU share; the probe's own noise then lies inside the invocation's value, so the
+interval carries it.  That drift is always reported apart (``Comparison.drift``), with the
+probe's memory part beside it.
 
 Exit codes (the gate, ``Comparison.exit_code``): 1 when anything regressed, or when the comparison
 compared nothing, fewer measurements than it left unmatched, or skipped damaged records (unless
@@ -36,23 +37,19 @@ compared nothing, fewer measurements than it left unmatched, or skipped damaged 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
 from harness.measure.invocations import RatioEstimate, ratio_ci
-from harness.records import BUSY_CORES
+from harness.records import BUSY_CORES, probe_time
 
 # Calibrated on a 2-core VM by `harness selftest --gate` (README, "Nightly regression gate").
 DEFAULT_THRESHOLD = 0.06
 DEFAULT_ALPHA = 0.01
 VERDICTS = ("regressed", "improved", "inconclusive", "unchanged")
 NORMALIZE = ("auto", "reference", "none")
-# Invocations on each side of one whose neighbours' reference probes estimate the machine's speed
-# at the time it ran (see ``local_machine_speed``).
-PROBE_WINDOW = 2
 # Below this a benchmark_model median (printed in whole microseconds) moves in steps of more than 1%.
 COARSE_MEDIAN_S = 100e-6
 
@@ -63,8 +60,8 @@ class Options:
     alpha: float = DEFAULT_ALPHA
     same_runtime: bool = False
     allow_unmatched: bool = False  # pass the gate although nothing, or less than was left out, was compared
-    # "reference": divide each invocation by the machine's speed when it ran (its reference probe and
-    # its neighbours'); "auto": that whenever both runs carry comparable probes; "none": raw latencies.
+    # "reference": divide each invocation by the reference probe timed in it (its compute part);
+    # "auto": that whenever both runs carry comparable probes; "none": raw latencies.
     normalize: str = "auto"
 
     def __post_init__(self) -> None:
@@ -200,44 +197,32 @@ def judge(estimate: RatioEstimate, options: Options) -> tuple[str, str]:
     return "inconclusive", f"CI reaches beyond -/+{t:.0%}: more --repeats or a quieter machine would decide"
 
 
-def local_machine_speed(records: list[dict[str, Any]]) -> dict[int, float]:
-    """id(record) -> the median reference-probe time of the invocations measured around it on its device.
+def invocation_values(records: list[dict[str, Any]], normalized: bool = False) -> list[float]:
+    """Each invocation's median latency; divided by its own reference probe's time when ``normalized``.
 
-    The machine's own speed drifts over tens of seconds on a shared VM (``selftest --gate`` saw
-    the probe move by 10% within one run), while a single probe carries its own noise.  The median
-    over the 2 * PROBE_WINDOW + 1 invocations nearest in time on the same device (a run stores its
-    records in the order they were measured) follows the drift with a fraction of the noise.
+    Each invocation is divided by the probe timed in the same process, not by a smoothed probe
+    of its neighbours: the quotient's spread then includes the probe's noise, so the t interval
+    over invocations stays honest (a smoothed divisor is shared between invocations, and its
+    error between two runs escaped the interval: an A/A comparison on CI came out "+10%,
+    regressed" when the probe alone had moved by -9%).
     """
-    sequences: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        if (record.get("reference_probe") or {}).get("median_s"):
-            sequences.setdefault(_device_key(record), []).append(record)
-    speed = {}
-    for sequence in sequences.values():
-        probes = [float(r["reference_probe"]["median_s"]) for r in sequence]
-        for index, record in enumerate(sequence):
-            window = probes[max(0, index - PROBE_WINDOW): index + PROBE_WINDOW + 1]
-            speed[id(record)] = float(statistics.median(window))
-    return speed
-
-
-def invocation_values(records: list[dict[str, Any]], speed: dict[int, float] | None = None) -> list[float]:
-    """Each invocation's median latency, divided by the machine's speed when it ran if ``speed`` is given."""
     values = []
     for record in records:
         median = (record.get("latency") or {}).get("median")
-        if median is not None:
-            values.append(float(median) / speed[id(record)] if speed is not None else float(median))
+        if median is None:
+            continue
+        probe = probe_time(record) if normalized else 1.0
+        if probe:
+            values.append(float(median) / probe)
     return values
 
 
-def _normalisation(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options,
-                   speeds: tuple[dict[int, float], dict[int, float]]) -> tuple[bool, str]:
+def _normalisation(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options) -> tuple[bool, str]:
     """(normalise this row?, why not when it was asked for)."""
     if options.normalize == "none":
         return False, ""
-    missing = [side for side, records, speed in (("baseline", base, speeds[0]), ("current", cur, speeds[1]))
-               if any(id(r) not in speed for r in records)]
+    missing = [side for side, records in (("baseline", base), ("current", cur))
+               if any(probe_time(r) is None for r in records)]
     if missing and all(_probeless_tool(r) for r in (*base, *cur)):
         why = (f"{_probeless_tool(cur[0])} times no reference probe, so the verdict is on raw invocation medians "
                "(the phone's own drift between the runs is not divided out)")
@@ -281,13 +266,12 @@ def compare_runs(baseline: Path, current: Path, options: Options | None = None, 
         matched_on.append("runtime version")
     result = Comparison(_run_summary(baseline, base_info, baseline_why), _run_summary(current, cur_info),
                         options, matched_on)
-    speeds = local_machine_speed(base_records), local_machine_speed(cur_records)
     base_valid, base_invalid = _index(base_records, options.same_runtime)
     cur_valid, cur_invalid = _index(cur_records, options.same_runtime)
     for key in sorted(set(base_valid) | set(cur_valid), key=lambda k: tuple(map(str, k))):
         base, cur = base_valid.get(key), cur_valid.get(key)
         if base and cur:
-            result.rows.append(_row(base, cur, options, speeds))
+            result.rows.append(_row(base, cur, options))
             continue
         present, side, other_invalid = (base, "baseline", cur_invalid) if base else (cur, "current", base_invalid)
         record = present[0]
@@ -330,11 +314,9 @@ def _difference(record: dict[str, Any], counterpart: dict[str, Any], side: str, 
             f"{counterpart.get('runtime_version')} in the {other}); drop --same-runtime to compare them")
 
 
-def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options,
-         speeds: tuple[dict[int, float], dict[int, float]] = ({}, {})) -> dict[str, Any]:
-    normalized, why_not = _normalisation(base, cur, options, speeds)
-    estimate = ratio_ci(invocation_values(base, speeds[0] if normalized else None),
-                        invocation_values(cur, speeds[1] if normalized else None), options.level)
+def _row(base: list[dict[str, Any]], cur: list[dict[str, Any]], options: Options) -> dict[str, Any]:
+    normalized, why_not = _normalisation(base, cur, options)
+    estimate = ratio_ci(invocation_values(base, normalized), invocation_values(cur, normalized), options.level)
     result, note = judge(estimate, options)
     if why_not and options.normalize == "reference":  # asked for explicitly: no raw verdict instead
         result, note = "inconclusive", f"cannot normalise: {why_not}"
@@ -385,26 +367,27 @@ def machine_drift(base_records: list[dict[str, Any]], cur_records: list[dict[str
     """Per device: how much slower the machine itself was in the current run (its reference probe).
 
     Every invocation of every job on a device timed the probe; the ratio compares all of them,
-    the interval treats each invocation's probe as one replicate.
+    the interval treats each invocation's probe as one replicate.  ``ratio`` is the part rows are
+    divided by (``probe_time``); ``memory`` is the runner probe's copy, reported beside it.
     """
     out = []
     devices = sorted({_device_key(r) for r in cur_records} & {_device_key(r) for r in base_records})
     for key in devices:
-        sides = []
-        for records in (base_records, cur_records):
-            probes = [r["reference_probe"] for r in records
-                      if _device_key(r) == key and isinstance(r.get("reference_probe"), dict)
-                      and r["reference_probe"].get("median_s")]
-            sides.append(probes)
+        sides = [[r for r in records if _device_key(r) == key and probe_time(r) is not None]
+                 for records in (base_records, cur_records)]
         if not sides[0] or not sides[1]:
             continue
-        identities = {p.get("identity") for p in sides[0]} | {p.get("identity") for p in sides[1]}
-        estimate = ratio_ci([p["median_s"] for p in sides[0]], [p["median_s"] for p in sides[1]], options.level)
+        identities = {r["reference_probe"].get("identity") for side in sides for r in side}
+        estimate = ratio_ci([probe_time(r) for r in sides[0]], [probe_time(r) for r in sides[1]], options.level)
+        copies = [[r["reference_probe"].get("copy_median_s") for r in side] for side in sides]
+        memory = ratio_ci(*copies, options.level) if all(all(c) for c in copies) else None
         name = next(r.get("device") for r in cur_records if _device_key(r) == key)
         out.append({"device": name, "fingerprint": key, "ratio": estimate.ratio, "change": estimate.ratio - 1,
                     "ci_low": estimate.ci_low, "ci_high": estimate.ci_high, "n_baseline": estimate.n_baseline,
                     "n_current": estimate.n_current, "comparable": len(identities) == 1,
-                    "probe": sorted(filter(None, identities))})
+                    "probe": sorted(filter(None, identities)),
+                    "memory": None if memory is None else {"change": memory.ratio - 1, "ci_low": memory.ci_low,
+                                                           "ci_high": memory.ci_high}})
     return out
 
 
