@@ -187,8 +187,8 @@ def runner_probe(copy_factor: float = 1.0, matmul_of=lambda record: 1.0):
 
 
 def test_each_invocation_is_divided_by_the_compute_part_of_its_own_probe(tmp_path):
-    """The probe's memory copy is not divided out (it swung 3-16% per invocation on a shared VM and
-    +50% under a memory-hungry neighbour, against the convs' 7%); the sgemm, timed in the same
+    """The probe's memory copy is not divided out (it swung 2-16% per invocation on a shared VM and
+    +89% under a memory-hungry neighbour, against the convs' 7%); the sgemm, timed in the same
     process as the invocation, is."""
     base = rewrite(B, tmp_path / "base", runner_probe())
     contended = rewrite(C, tmp_path / "contended", runner_probe(copy_factor=1.4))
