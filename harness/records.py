@@ -247,8 +247,8 @@ def probe_time(record: dict[str, Any]) -> float | None:
     half on a shared VM: over 8 back-to-back A/A runs of two conv layers its per-invocation spread
     was 2-16% against the sgemm's 0.5-3%, and under a neighbour copying memory the whole probe
     slowed by 44% (its copy by 89%) while the convs slowed by 7%, so dividing by the whole probe
-    turned every comparison into a false "improved".  The sgemm tracks the clock and CPU steal; a memory-bound slowdown of the
-    machine is not divided out, and the comparison's drift line shows the copy's change apart.
+    turned every comparison into a false "improved".  The sgemm tracks the clock and CPU steal; a
+    memory-bound slowdown of the machine is not divided out, and the drift line shows the copy apart.
     A phone's probe is a conv model, all compute: its median is the time.
     """
     probe = record.get("reference_probe")
