@@ -88,6 +88,18 @@ def test_v2_and_v3_activations_and_other_ops():
     assert {r.layer_type for r in others} == {"other"} and any("block1.se" in r.names for r in others)
 
 
+def test_an_int8_network_decomposes_into_int8_layers():
+    """Its layers are measured at the network's precision: an fp32 layer would say nothing about int8 time."""
+    fp32, int8 = decompose("mobilenet_v3_large-224"), decompose("mobilenet_v3_large-224-int8")
+    assert [r.workload_id + "-int8" if r.workload_id else None for r in fp32] == [r.workload_id for r in int8]
+    assert [(r.count, r.macs, r.layer_type) for r in fp32] == [(r.count, r.macs, r.layer_type) for r in int8]
+    for ref in int8:
+        if ref.workload_id:
+            assert registry.get(ref.workload_id).precision == "int8"
+    ids = registry.suite("layers-of:mobilenet_v1-1.0-224-int8")
+    assert ids[0] == "mobilenet_v1-1.0-224-int8" and all(i.endswith("-int8") for i in ids)
+
+
 def test_id_grammar_extensions_round_trip_and_refuse_contradictions():
     for workload_id in ("conv-pointwise-M32-N16-k1-x112-s1-noact", "conv-depthwise-M96-N96-k5-x28-s2-hswish",
                         "conv-standard-M3-N32-k3-x224-s2-b2-relu6", "fc-I576-O1024-hswish", "fc-I1024-O1000-b4"):

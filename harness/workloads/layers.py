@@ -144,6 +144,7 @@ def decompose(network_id_or_network: str | Network) -> list[LayerRef]:
             # "other" rows sum MACs over their ops: keep count 1 and macs the total
             others[kind] = LayerRef(None, "other", 1, (*ref.names, op.name), ref.macs + row.macs)
             continue
+        workload_id = registry.with_precision(workload_id, net.precision)  # an int8 network's layers are int8
         ref = measured.get(workload_id)
         if ref is None:
             measured[workload_id] = LayerRef(workload_id, layer_type, 1, (op.name,), row.macs)
